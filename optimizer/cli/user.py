@@ -1,0 +1,129 @@
+"""``stowage``: the user-facing command line (schema, report checks, the demo; more to come)."""
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from optimizer.demo import DemoResult, run_demo
+from shared.schema import ReportError, parse_report, report_json_schema
+from shared.topology import best_connected_gpus, gpus_by_numa_node, nvlink_islands
+from shared.version import __version__
+
+app = typer.Typer(
+    name="stowage",
+    help="Stowage: GPU scheduling optimization for AI workloads on Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the Stowage version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the node report (the agent-optimizer contract)."""
+    typer.echo(json.dumps(report_json_schema(), indent=2, sort_keys=True))
+
+
+@app.command()
+def check(
+    path: Annotated[Path, typer.Argument(help="A NodeReport as JSON; '-' reads stdin.")],
+) -> None:
+    """Validate a node report against the contract and print its topology.
+
+    Exits 1 with one line per problem (field path: message) when the report is invalid.
+    """
+    text = sys.stdin.read() if str(path) == "-" else _read_or_exit(path)
+    try:
+        report = parse_report(text)
+    except ReportError as error:
+        for problem in error.problems:
+            typer.echo(f"{path}: {problem}", err=True)
+        raise typer.Exit(1) from None
+    indices = [g.index for g in report.gpus]
+    numa_of = {g.index: g.numa_node for g in report.gpus}
+    typer.echo(f"{path}: valid report for node {report.node_name}, {len(indices)} GPUs")
+    typer.echo(f"  NVLink islands: {nvlink_islands(indices, report.links)}")
+    typer.echo(f"  GPUs per NUMA node: {gpus_by_numa_node(report.gpus)}")
+    for k in (2, 4):
+        best = best_connected_gpus(k=k, candidates=indices, links=report.links, numa_of=numa_of)
+        typer.echo(f"  best-connected {k} GPUs: {best}")
+
+
+@app.command()
+def demo() -> None:
+    """Run the end-to-end demo on a simulated cluster (no GPU or Kubernetes needed)."""
+    _print_demo(run_demo(), Console(width=None if sys.stdout.isatty() else 120))
+
+
+def _read_or_exit(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as error:
+        typer.echo(f"{path}: cannot read: {error.strerror}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _compact(indices: tuple[int, ...]) -> str:
+    """``(0, 1, 2, 3, 6)`` -> ``"0-3,6"``."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+
+
+def _print_demo(result: DemoResult, console: Console) -> None:
+    console.rule("[bold]Stowage demo: simulated cluster[/bold]")
+    console.print(
+        "Each simulated node reports its GPUs, NVLink/PCIe wiring and NUMA layout as a "
+        "NodeReport;\nthe optimizer parses it from JSON, validates it and derives its topology.\n"
+    )
+    table = Table(title="What the optimizer learned from each node report")
+    columns = ("node", "GPUs", "NVLink islands", "NUMA", "idle", "best 4 idle", "util", "power")
+    for column in columns:
+        table.add_column(column)
+    for node in result.nodes:
+        numa = " ".join(f"{n}:{_compact(g)}" for n, g in sorted(node.numa_groups.items(), key=str))
+        quad = (
+            f"{_compact(node.best_idle_quad)} ({node.best_quad_nvlinks} NVLinks)"
+            if node.best_idle_quad
+            else "none"
+        )
+        table.add_row(
+            node.node_name,
+            f"{node.gpu_count} x {node.product}",
+            " ".join("{" + _compact(i) + "}" for i in node.islands),
+            numa,
+            _compact(node.idle_gpus) or "-",
+            quad,
+            f"{node.mean_util_ratio:.0%}",
+            f"{node.power_w:,.0f} W",
+        )
+    console.print(table)
+    total_gpus = sum(n.gpu_count for n in result.nodes)
+    total_bytes = sum(n.wire_bytes for n in result.nodes)
+    console.print(
+        f"{len(result.nodes)} nodes, {total_gpus} GPUs, {total_bytes:,} bytes of reports "
+        "round-tripped through JSON unchanged."
+    )
+    console.print("A corrupted report (a link to GPU 99) was refused:")
+    for problem in result.rejected.problems:
+        console.print(f"  [red]{problem}[/red]")
+    console.print("[green]demo finished[/green]")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

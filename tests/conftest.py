@@ -1,0 +1,18 @@
+"""Test-wide helpers: where ../shared lives and how tests that need it skip without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: The read-only data folder beside the repository (traces, fixtures); CI always has it.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def shared_data_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the calling test with a clear reason if it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the ../shared data folder beside the repository)")
+    return path
