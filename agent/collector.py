@@ -1,0 +1,212 @@
+"""One collection cycle: NVML + host facts + pod attribution -> a :class:`NodeReport`.
+
+:class:`Collector` discovers the node once (devices, host, NVLink wiring), then each call to
+:meth:`Collector.collect` drains XID events, samples every GPU, attributes processes to pods
+and returns a topology report with samples. It never raises for one GPU's failure: a GPU
+that falls off the bus is reported ``lost`` and the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import pynvml
+import structlog
+
+from agent.device import GpuDevice, cpu_set_size
+from agent.host import host_info
+from agent.links import derive_links
+from agent.nvml import GpuLostError, Nvml
+from shared.report import GpuInfo, GpuLink, GpuProcess, GpuSample, HostInfo, NodeReport
+from shared.version import __version__
+
+log = structlog.get_logger(__name__)
+
+MAX_EVENTS_PER_CYCLE: Final = 256
+
+
+class Attributor(Protocol):
+    """Maps GPU processes to pods (see :mod:`agent.pods`)."""
+
+    def refresh(self) -> None:
+        """Re-read the pod-to-device assignment (called on its own slower cadence)."""
+
+    def attribute(self, *, gpu_uuid: str, process: GpuProcess) -> GpuProcess:
+        """``process`` with its pod fields filled where known."""
+
+
+@dataclass(frozen=True)
+class Collection:
+    """The result of one cycle and how long it took."""
+
+    report: NodeReport
+    duration_s: float
+
+
+class Collector:
+    """Reads one node through NVML and the host filesystem.
+
+    Args:
+        nvml: the NVML chokepoint (real or fake binding).
+        root: where sysfs/procfs live (``/`` on a node).
+        node_name: the Kubernetes node name to report as.
+        attributor: maps processes to pods; None reports processes unattributed.
+        wall_clock: current time, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        nvml: Nvml,
+        root: Path,
+        node_name: str,
+        attributor: Attributor | None = None,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.nvml = nvml
+        self.root = root
+        self.node_name = node_name
+        self.attributor = attributor
+        self.wall_clock = wall_clock
+        self.devices: list[GpuDevice] = []
+        self.host: HostInfo | None = None
+        self.driver_version: str | None = None
+        self.cuda_version: str | None = None
+        self._links: list[GpuLink] | None = None
+        self._event_set: Any = None
+        self._sequence = 0
+        self.latest: Collection | None = None
+
+    def start(self) -> None:
+        """Initialise NVML and discover the node (raises NvmlUnavailableError without one)."""
+        self.nvml.init()
+        self.host = host_info(self.root)
+        self.driver_version = self.nvml.optional("nvmlSystemGetDriverVersion")
+        cuda = self.nvml.optional("nvmlSystemGetCudaDriverVersion")
+        self.cuda_version = f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None
+        highest_cpu = max((c for n in self.host.numa_nodes for c in n.cpus), default=0)
+        words = cpu_set_size(max(self.host.logical_cpus, highest_cpu + 1))
+        count = int(self.nvml.call("nvmlDeviceGetCount"))
+        for index in range(count):
+            try:
+                handle = self.nvml.call("nvmlDeviceGetHandleByIndex", index)
+            except (GpuLostError, pynvml.NVMLError) as error:
+                log.warning("gpu_unreachable_at_start", gpu=index, error=str(error))
+                continue
+            self.devices.append(
+                GpuDevice(
+                    nvml=self.nvml, handle=handle, index=index, root=self.root, cpu_set_size=words
+                )
+            )
+        self._event_set = self._register_events()
+        log.info(
+            "node_discovered",
+            node=self.node_name,
+            gpus=len(self.devices),
+            driver=self.driver_version,
+        )
+
+    def close(self) -> None:
+        """Free the event set and shut NVML down."""
+        if self._event_set is not None:
+            self.nvml.optional("nvmlEventSetFree", self._event_set)
+            self._event_set = None
+        self.nvml.shutdown()
+
+    def collect(self) -> Collection:
+        """One cycle: events, static facts (cached), samples, attribution -> a report."""
+        started = time.perf_counter()
+        self._drain_events()
+        infos = self._infos()
+        if self._links is None or any(d.lost for d in self.devices):
+            self._links = derive_links(nvml=self.nvml, devices=self._known(infos), infos=infos)
+        samples = [s for s in (self._sample(d) for d in self._known(infos)) if s is not None]
+        self._sequence += 1
+        report = NodeReport(
+            node_name=self.node_name,
+            agent_version=__version__,
+            sequence=self._sequence,
+            collected_at=self.wall_clock(),
+            driver_version=self.driver_version,
+            cuda_version=self.cuda_version,
+            host=self.host,
+            gpus=infos,
+            links=self._links,
+            samples=samples,
+        )
+        collection = Collection(report=report, duration_s=time.perf_counter() - started)
+        self.latest = collection
+        return collection
+
+    def _infos(self) -> list[GpuInfo]:
+        infos = []
+        for device in self.devices:
+            try:
+                infos.append(device.info())
+            except GpuLostError:
+                log.warning("gpu_lost_before_discovery", node=self.node_name, gpu=device.index)
+        return infos
+
+    def _known(self, infos: list[GpuInfo]) -> list[GpuDevice]:
+        known = {info.index for info in infos}
+        return [d for d in self.devices if d.index in known]
+
+    def _sample(self, device: GpuDevice) -> GpuSample | None:
+        was_lost = device.lost
+        sample = device.sample()
+        if device.lost and not was_lost:
+            log.error("gpu_lost", node=self.node_name, gpu=device.index)
+        if sample is None or self.attributor is None or not sample.processes:
+            return sample
+        attributed = [
+            self.attributor.attribute(gpu_uuid=sample.gpu_uuid, process=p) for p in sample.processes
+        ]
+        return sample.model_copy(update={"processes": attributed})
+
+    def _register_events(self) -> Any:
+        event_set = self.nvml.optional("nvmlEventSetCreate")
+        if event_set is None:
+            return None
+        for device in self.devices:
+            try:
+                self.nvml.optional(
+                    "nvmlDeviceRegisterEvents",
+                    device.handle,
+                    pynvml.nvmlEventTypeXidCriticalError,
+                    event_set,
+                )
+            except GpuLostError:
+                device.lost = True
+        return event_set
+
+    def _drain_events(self) -> None:
+        if self._event_set is None:
+            return
+        for _ in range(MAX_EVENTS_PER_CYCLE):
+            try:
+                event = self.nvml.call("nvmlEventSetWait", self._event_set, 0)
+            except pynvml.NVMLError_Timeout:
+                return
+            except (pynvml.NVMLError, GpuLostError) as error:
+                log.warning("xid_event_wait_failed", error=str(error))
+                return
+            device = self._device_for(event.device)
+            if device is None:
+                continue
+            device.record_xid(int(event.eventData))
+            log.warning("xid", node=self.node_name, gpu=device.index, xid=int(event.eventData))
+
+    def _device_for(self, handle: Any) -> GpuDevice | None:
+        try:
+            index = self.nvml.optional("nvmlDeviceGetIndex", handle)
+        except GpuLostError:
+            index = None
+        for device in self.devices:
+            if device.index == index or device.handle == handle:
+                return device
+        return None

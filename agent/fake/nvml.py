@@ -1,0 +1,438 @@
+"""A fake of the ``pynvml`` module, driven by a device profile.
+
+It replaces NVML only at the ``pynvml`` boundary: the same function names and signatures,
+the same return shapes (objects with the attributes the ctypes structs have), and the real
+``pynvml`` error classes, so the agent's NVML layer runs unchanged against it. Time is
+injected: behaviour scripted "at t seconds" happens when the clock says so.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, NoReturn
+
+import pynvml
+
+from agent.profile import Profile, parse_cpu_list
+from shared.report import GpuArchitecture
+
+_ARCH_TO_NVML: Final = {
+    GpuArchitecture.KEPLER: pynvml.NVML_DEVICE_ARCH_KEPLER,
+    GpuArchitecture.MAXWELL: pynvml.NVML_DEVICE_ARCH_MAXWELL,
+    GpuArchitecture.PASCAL: pynvml.NVML_DEVICE_ARCH_PASCAL,
+    GpuArchitecture.VOLTA: pynvml.NVML_DEVICE_ARCH_VOLTA,
+    GpuArchitecture.TURING: pynvml.NVML_DEVICE_ARCH_TURING,
+    GpuArchitecture.AMPERE: pynvml.NVML_DEVICE_ARCH_AMPERE,
+    GpuArchitecture.ADA: pynvml.NVML_DEVICE_ARCH_ADA,
+    GpuArchitecture.HOPPER: pynvml.NVML_DEVICE_ARCH_HOPPER,
+    GpuArchitecture.BLACKWELL: pynvml.NVML_DEVICE_ARCH_BLACKWELL,
+}
+_XID_GPU_LOST: Final = 79
+_XID_DOUBLE_BIT_ECC: Final = 48
+_UUID_NAMESPACE: Final = uuid.UUID("0c8f6d1e-7a55-4c1b-9a7e-3f2d1b0a9c88")
+
+
+def _error(code: int) -> NoReturn:
+    raise pynvml.NVMLError(code)
+
+
+@dataclass(frozen=True)
+class _Handle:
+    index: int
+
+
+@dataclass
+class _PciInfo:
+    busId: str  # noqa: N815 - the ctypes struct's name
+    bus: int = 0
+    device: int = 0
+    domain: int = 0
+
+
+@dataclass
+class _Utilization:
+    gpu: int
+    memory: int
+
+
+@dataclass
+class _Memory:
+    total: int
+    free: int
+    used: int
+
+
+@dataclass
+class _Process:
+    pid: int
+    usedGpuMemory: int | None  # noqa: N815
+
+
+@dataclass
+class _EventData:
+    device: _Handle
+    eventType: int  # noqa: N815
+    eventData: int  # noqa: N815
+    gpuInstanceId: int = 0xFFFFFFFF  # noqa: N815
+    computeInstanceId: int = 0xFFFFFFFF  # noqa: N815
+
+
+@dataclass
+class _EventSet:
+    registered: set[int] = field(default_factory=set)
+    delivered: set[int] = field(default_factory=set)  # indices into the profile's events
+
+
+@dataclass
+class _GpuState:
+    energy_mj: float = 0.0
+    last_t: float = 0.0
+    ecc_uncorrected: int = 0
+    lost: bool = False
+    applied: set[int] = field(default_factory=set)  # profile event numbers already applied
+
+
+class FakeNvml:
+    """The ``pynvml`` functions the agent calls, answering from a :class:`Profile`.
+
+    Args:
+        profile: the machine to impersonate.
+        clock: seconds since the fake machine "booted"; defaults to a monotonic clock
+            started at construction. Scripted events fire once the clock reaches them.
+        init_error: an NVML error code that ``nvmlInit`` raises (to test a broken driver).
+    """
+
+    NVMLError = pynvml.NVMLError
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        clock: Callable[[], float] | None = None,
+        init_error: int | None = None,
+    ) -> None:
+        self.profile = profile
+        start = time.monotonic()
+        self._clock = clock or (lambda: time.monotonic() - start)
+        self._init_error = init_error
+        self._initialized = 0
+        self._states = [_GpuState() for _ in profile.gpus]
+        self._event_sets: list[_EventSet] = []
+        self.calls = 0
+
+    # --- time and scripted behaviour -------------------------------------------------
+
+    def _now(self) -> float:
+        return self._clock()
+
+    def _advance(self, index: int) -> _GpuState:
+        """Apply scripted events up to now and integrate energy for GPU ``index``."""
+        now = self._now()
+        state = self._states[index]
+        for number, event in enumerate(self.profile.behaviour.events):
+            if event.gpu == index and event.at_s <= now and number not in state.applied:
+                state.applied.add(number)
+                if event.kind == "lost":
+                    state.lost = True
+                elif event.kind == "ecc_uncorrected":
+                    state.ecc_uncorrected += 1
+        if now > state.last_t:
+            state.energy_mj += self._power_mw(index, state.last_t) * (now - state.last_t)
+            state.last_t = now
+        return state
+
+    def _util(self, index: int, t: float) -> float:
+        pods = [p for p in self.profile.behaviour.pods if index in p.gpus]
+        curve = self.profile.behaviour.per_gpu_utilization.get(index)
+        if curve is None:
+            pod_curves = [p.utilization for p in pods if p.utilization is not None]
+            curve = pod_curves[0] if pod_curves else self.profile.behaviour.utilization
+        return curve.at(t)
+
+    def _power_mw(self, index: int, t: float) -> float:
+        spec = self.profile.gpu
+        watts = spec.idle_power_w + (spec.power_limit_w - spec.idle_power_w) * self._util(index, t)
+        return watts * 1000.0
+
+    def _live(self, handle: _Handle) -> _GpuState:
+        self._check(handle)
+        state = self._advance(handle.index)
+        if state.lost:
+            _error(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return state
+
+    def _check(self, handle: Any) -> None:
+        self.calls += 1
+        if not self._initialized:
+            _error(pynvml.NVML_ERROR_UNINITIALIZED)
+        if not isinstance(handle, _Handle) or not 0 <= handle.index < len(self.profile.gpus):
+            _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+
+    # --- init and system -------------------------------------------------------------
+
+    def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names
+        if self._init_error is not None:
+            _error(self._init_error)
+        self._initialized += 1
+
+    def nvmlShutdown(self) -> None:  # noqa: N802
+        if not self._initialized:
+            _error(pynvml.NVML_ERROR_UNINITIALIZED)
+        self._initialized -= 1
+
+    def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
+        return self.profile.driver_version
+
+    def nvmlSystemGetCudaDriverVersion(self) -> int:  # noqa: N802
+        return self.profile.cuda_version
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+        if not self._initialized:
+            _error(pynvml.NVML_ERROR_UNINITIALIZED)
+        return len(self.profile.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:  # noqa: N802
+        handle = _Handle(index)
+        self._check(handle)
+        return handle
+
+    # --- identity ----------------------------------------------------------------------
+
+    def nvmlDeviceGetIndex(self, handle: _Handle) -> int:  # noqa: N802
+        self._live(handle)
+        return handle.index
+
+    def nvmlDeviceGetUUID(self, handle: _Handle) -> str:  # noqa: N802
+        self._live(handle)
+        seed = f"{self.profile.name}/{self.profile.gpus[handle.index].pci_bus_id}"
+        return f"GPU-{uuid.uuid5(_UUID_NAMESPACE, seed)}"
+
+    def nvmlDeviceGetName(self, handle: _Handle) -> str:  # noqa: N802
+        self._live(handle)
+        return self.profile.gpu.product
+
+    def nvmlDeviceGetSerial(self, handle: _Handle) -> str:  # noqa: N802
+        self._live(handle)
+        return f"{1650000000000 + handle.index}"
+
+    def nvmlDeviceGetArchitecture(self, handle: _Handle) -> int:  # noqa: N802
+        self._live(handle)
+        arch = self.profile.gpu.architecture
+        if arch not in _ARCH_TO_NVML:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return int(_ARCH_TO_NVML[arch])
+
+    def nvmlDeviceGetCudaComputeCapability(self, handle: _Handle) -> tuple[int, int]:  # noqa: N802
+        self._live(handle)
+        if self.profile.gpu.compute_capability is None:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        major, minor = self.profile.gpu.compute_capability.split(".")
+        return int(major), int(minor)
+
+    def nvmlDeviceGetMemoryInfo(self, handle: _Handle, version: Any = None) -> _Memory:  # noqa: N802
+        self._live(handle)
+        total = self.profile.memory_bytes
+        used = min(self._memory_used(handle.index), total)
+        return _Memory(total=total, free=total - used, used=used)
+
+    def nvmlDeviceGetPciInfo(self, handle: _Handle) -> _PciInfo:  # noqa: N802
+        self._live(handle)
+        return _nvml_pci(self.profile.gpus[handle.index].pci_bus_id)
+
+    def nvmlDeviceGetCurrPcieLinkGeneration(self, handle: _Handle) -> int:  # noqa: N802
+        self._live(handle)
+        return self._optional(self.profile.gpu.pcie_generation)
+
+    def nvmlDeviceGetCurrPcieLinkWidth(self, handle: _Handle) -> int:  # noqa: N802
+        self._live(handle)
+        return self._optional(self.profile.gpu.pcie_width)
+
+    def nvmlDeviceGetMigMode(self, handle: _Handle) -> list[int]:  # noqa: N802
+        self._live(handle)
+        if not self.profile.gpu.mig_capable:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return [0, 0]
+
+    def nvmlDeviceGetCpuAffinity(self, handle: _Handle, cpu_set_size: int) -> list[int]:  # noqa: N802
+        self._live(handle)
+        masks = [0] * cpu_set_size
+        for cpu in parse_cpu_list(self.profile.gpus[handle.index].cpu_affinity):
+            if cpu // 64 < cpu_set_size:
+                masks[cpu // 64] |= 1 << (cpu % 64)
+        return masks
+
+    def nvmlDeviceGetGpuFabricInfoV(self, handle: _Handle, info: Any) -> int:  # noqa: N802
+        self._live(handle)
+        entry = self.profile.gpus[handle.index]
+        if entry.cluster_uuid is None or entry.clique_id is None:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        info.clusterUuid = list(uuid.UUID(entry.cluster_uuid).bytes)
+        info.cliqueId = entry.clique_id
+        info.state = pynvml.NVML_GPU_FABRIC_STATE_COMPLETED
+        info.status = pynvml.NVML_SUCCESS
+        return int(pynvml.NVML_SUCCESS)
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: _Handle) -> int:  # noqa: N802
+        self._live(handle)
+        return int(self.profile.gpu.power_limit_w * 1000)
+
+    # --- topology ---------------------------------------------------------------------
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, a: _Handle, b: _Handle) -> int:  # noqa: N802
+        self._live(a)
+        self._live(b)
+        if a.index == b.index:
+            return int(pynvml.NVML_TOPOLOGY_INTERNAL)
+        level = self.profile.pcie_level(a.index, b.index)
+        if level is None:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return level.rank * 10
+
+    def _link_ends(self, index: int) -> list[tuple[str, int]]:
+        """(remote bus id, remote device type) for each active NVLink of GPU ``index``."""
+        switch_links = self.profile.gpu.nvswitch_links
+        if switch_links is not None:
+            return [
+                (f"0000:{0xC0 + link % 4:02x}:00.0", pynvml.NVML_NVLINK_DEVICE_TYPE_SWITCH)
+                for link in range(switch_links)
+            ]
+        ends = []
+        for peer, entry in enumerate(self.profile.gpus):
+            if peer != index:
+                count = self.profile.nvlinks(index, peer)
+                ends += [(entry.pci_bus_id, pynvml.NVML_NVLINK_DEVICE_TYPE_GPU)] * count
+        return ends
+
+    def _link(self, handle: _Handle, link: int) -> tuple[str, int] | None:
+        self._live(handle)
+        if self.profile.gpu.nvlink_version is None and not self._link_ends(handle.index):
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if not 0 <= link < pynvml.NVML_NVLINK_MAX_LINKS:
+            _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        ends = self._link_ends(handle.index)
+        return ends[link] if link < len(ends) else None
+
+    def nvmlDeviceGetNvLinkState(self, handle: _Handle, link: int) -> int:  # noqa: N802
+        return pynvml.NVML_FEATURE_ENABLED if self._link(handle, link) else 0
+
+    def nvmlDeviceGetNvLinkVersion(self, handle: _Handle, link: int) -> int:  # noqa: N802
+        if self._link(handle, link) is None or self.profile.gpu.nvlink_version is None:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return self.profile.gpu.nvlink_version
+
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, handle: _Handle, link: int) -> _PciInfo:  # noqa: N802
+        end = self._link(handle, link)
+        if end is None:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return _nvml_pci(end[0])
+
+    def nvmlDeviceGetNvLinkRemoteDeviceType(self, handle: _Handle, link: int) -> int:  # noqa: N802
+        end = self._link(handle, link)
+        if end is None:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return end[1]
+
+    # --- live readings ----------------------------------------------------------------
+
+    def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> _Utilization:  # noqa: N802
+        self._live(handle)
+        util = self._util(handle.index, self._now())
+        return _Utilization(gpu=round(util * 100), memory=round(util * 60))
+
+    def nvmlDeviceGetPowerUsage(self, handle: _Handle) -> int:  # noqa: N802
+        self._live(handle)
+        return round(self._power_mw(handle.index, self._now()))
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: _Handle) -> int:  # noqa: N802
+        return round(self._live(handle).energy_mj)
+
+    def nvmlDeviceGetTemperatureV(self, handle: _Handle, sensor: int, version: Any = None) -> int:  # noqa: N802
+        self._live(handle)
+        return round(30 + 50 * self._util(handle.index, self._now()))
+
+    def nvmlDeviceGetClockInfo(self, handle: _Handle, clock_type: int) -> int:  # noqa: N802
+        self._live(handle)
+        util = self._util(handle.index, self._now())
+        return 210 if util == 0 else round(self.profile.gpu.max_sm_clock_mhz * (0.7 + 0.3 * util))
+
+    def nvmlDeviceGetTotalEccErrors(self, handle: _Handle, error_type: int, counter: int) -> int:  # noqa: N802
+        state = self._live(handle)
+        if not self.profile.gpu.ecc:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        if error_type == pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED:
+            return state.ecc_uncorrected
+        return 0
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle: _Handle) -> int:  # noqa: N802
+        self._live(handle)
+        util = self._util(handle.index, self._now())
+        if util == 0:
+            return int(pynvml.nvmlClocksEventReasonGpuIdle)
+        return int(pynvml.nvmlClocksEventReasonSwPowerCap) if util > 0.9 else 0
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[_Process]:  # noqa: N802
+        self._live(handle)
+        return [
+            _Process(pid=pod.pid, usedGpuMemory=int(pod.memory_gib * 1024**3))
+            for pod in self.profile.behaviour.pods
+            if handle.index in pod.gpus
+        ]
+
+    def _memory_used(self, index: int) -> int:
+        pods = [p for p in self.profile.behaviour.pods if index in p.gpus]
+        return 512 * 1024**2 + sum(int(p.memory_gib * 1024**3) for p in pods)
+
+    # --- events -----------------------------------------------------------------------
+
+    def nvmlEventSetCreate(self) -> _EventSet:  # noqa: N802
+        event_set = _EventSet()
+        self._event_sets.append(event_set)
+        return event_set
+
+    def nvmlDeviceRegisterEvents(self, handle: _Handle, types: int, event_set: _EventSet) -> None:  # noqa: N802
+        self._check(handle)
+        if types & pynvml.nvmlEventTypeXidCriticalError:
+            event_set.registered.add(handle.index)
+
+    def nvmlEventSetWait(self, event_set: _EventSet, timeout_ms: int) -> _EventData:  # noqa: N802
+        now = self._now()
+        for number, event in enumerate(self.profile.behaviour.events):
+            if number in event_set.delivered or event.at_s > now:
+                continue
+            if event.gpu not in event_set.registered:
+                continue
+            event_set.delivered.add(number)
+            xid = {"lost": _XID_GPU_LOST, "ecc_uncorrected": _XID_DOUBLE_BIT_ECC}.get(
+                event.kind, event.xid or 0
+            )
+            return _EventData(
+                device=_Handle(event.gpu),
+                eventType=pynvml.nvmlEventTypeXidCriticalError,
+                eventData=xid,
+            )
+        _error(pynvml.NVML_ERROR_TIMEOUT)
+
+    def nvmlEventSetFree(self, event_set: _EventSet) -> None:  # noqa: N802
+        if event_set in self._event_sets:
+            self._event_sets.remove(event_set)
+
+    @staticmethod
+    def _optional(value: int | None) -> int:
+        if value is None:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return value
+
+
+def _nvml_pci(bus_id: str) -> _PciInfo:
+    """sysfs ``0000:3b:00.0`` to NVML's ``00000000:3B:00.0``."""
+    domain, bus, rest = bus_id.split(":")
+    device = rest.split(".")[0]
+    return _PciInfo(
+        busId=f"{int(domain, 16):08X}:{bus.upper()}:{device.upper()}.0",
+        bus=int(bus, 16),
+        device=int(device, 16),
+        domain=int(domain, 16),
+    )
