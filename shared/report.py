@@ -53,7 +53,8 @@ _PCI_BUS_ID_RE: Final = re.compile(
     r"^(?:(?P<domain>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{2}):"
     r"(?P<device>[0-9a-fA-F]{2})\.(?P<function>[0-7])$"
 )
-_NODE_NAME_RE: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+#: A Kubernetes node name: a lowercase RFC 1123 subdomain (at most 253 characters).
+NODE_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 GpuUuid = Annotated[str, StringConstraints(pattern=_GPU_UUID_RE)]
@@ -131,6 +132,11 @@ class GpuArchitecture(enum.StrEnum):
     HOPPER = "hopper"
     BLACKWELL = "blackwell"
     UNKNOWN = "unknown"
+
+
+def is_valid_node_name(name: str) -> bool:
+    """True when ``name`` can be a Kubernetes node name (and so a report's ``node_name``)."""
+    return len(name) <= 253 and re.match(NODE_NAME_PATTERN, name) is not None
 
 
 def normalize_pci_bus_id(bus_id: str) -> str:
@@ -308,7 +314,7 @@ class NodeReport(_Model):
 
     schema_version: int = SCHEMA_VERSION
     node_name: Annotated[
-        str, StringConstraints(min_length=1, max_length=253, pattern=_NODE_NAME_RE)
+        str, StringConstraints(min_length=1, max_length=253, pattern=NODE_NAME_PATTERN)
     ]
     agent_version: ShortText
     #: Monotonic per agent process start; with ``node_name`` and ``collected_at`` it makes a

@@ -205,10 +205,14 @@ class FakeNvml:
         self._live(handle)
         return handle.index
 
+    def uuid_of(self, index: int) -> str:
+        """The UUID this fake reports for GPU ``index`` (stable per profile and bus id)."""
+        seed = f"{self.profile.name}/{self.profile.gpus[index].pci_bus_id}"
+        return f"GPU-{uuid.uuid5(_UUID_NAMESPACE, seed)}"
+
     def nvmlDeviceGetUUID(self, handle: _Handle) -> str:  # noqa: N802
         self._live(handle)
-        seed = f"{self.profile.name}/{self.profile.gpus[handle.index].pci_bus_id}"
-        return f"GPU-{uuid.uuid5(_UUID_NAMESPACE, seed)}"
+        return self.uuid_of(handle.index)
 
     def nvmlDeviceGetName(self, handle: _Handle) -> str:  # noqa: N802
         self._live(handle)
@@ -269,7 +273,8 @@ class FakeNvml:
         entry = self.profile.gpus[handle.index]
         if entry.cluster_uuid is None or entry.clique_id is None:
             _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        info.clusterUuid = list(uuid.UUID(entry.cluster_uuid).bytes)
+        for position, byte in enumerate(uuid.UUID(entry.cluster_uuid).bytes):
+            info.clusterUuid[position] = byte  # the real ctypes struct: fill in place
         info.cliqueId = entry.clique_id
         info.state = pynvml.NVML_GPU_FABRIC_STATE_COMPLETED
         info.status = pynvml.NVML_SUCCESS
