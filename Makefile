@@ -31,6 +31,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.contract
+	$(BIN)/python -m bench.agent
 
 # Regenerate the kubelet PodResources stubs from agent/podresources/api.proto.
 podresources: $(STAMP)

@@ -1,6 +1,7 @@
 """``stowage``: the user-facing command line (schema, report checks, the demo; more to come)."""
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -9,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from agent.logs import configure_logging
 from optimizer.demo import DemoResult, run_demo
 from shared.schema import ReportError, parse_report, report_json_schema
 from shared.topology import best_connected_gpus, gpus_by_numa_node, nvlink_islands
@@ -20,6 +22,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def _group(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+) -> None:
+    """Logs go to stderr (warnings and errors unless --verbose)."""
+    configure_logging(level=logging.INFO if verbose else logging.WARNING)
 
 
 @app.command()
@@ -62,7 +72,7 @@ def check(
 @app.command()
 def demo() -> None:
     """Run the end-to-end demo on a simulated cluster (no GPU or Kubernetes needed)."""
-    _print_demo(run_demo(), Console(width=None if sys.stdout.isatty() else 120))
+    _print_demo(run_demo(), Console(width=None if sys.stdout.isatty() else 140))
 
 
 def _read_or_exit(path: Path) -> str:
@@ -85,20 +95,22 @@ def _compact(indices: tuple[int, ...]) -> str:
 
 
 def _print_demo(result: DemoResult, console: Console) -> None:
-    console.rule("[bold]Stowage demo: simulated cluster[/bold]")
+    console.rule("[bold]Stowage demo: a simulated GPU cluster[/bold]")
     console.print(
-        "Each simulated node reports its GPUs, NVLink/PCIe wiring and NUMA layout as a "
-        "NodeReport;\nthe optimizer parses it from JSON, validates it and derives its topology.\n"
+        "Each node runs the real Stowage agent over a simulated NVML, host and kubelet,\n"
+        "built from a real server design. Its NodeReport crosses the wire as JSON; the\n"
+        "optimizer validates it and derives topology, health, pods and free GPUs.\n"
     )
-    table = Table(title="What the optimizer learned from each node report")
-    columns = ("node", "GPUs", "NVLink islands", "NUMA", "idle", "best 4 idle", "util", "power")
+    table = Table(title="What the optimizer learned from each node's report")
+    columns = ("node", "GPUs", "NVLink islands", "NUMA", "health", "pods", "free", "best free pair")
     for column in columns:
         table.add_column(column)
     for node in result.nodes:
         numa = " ".join(f"{n}:{_compact(g)}" for n, g in sorted(node.numa_groups.items(), key=str))
-        quad = (
-            f"{_compact(node.best_idle_quad)} ({node.best_quad_nvlinks} NVLinks)"
-            if node.best_idle_quad
+        health = ", ".join(f"GPU{i} {h.value}" for i, h in node.unhealthy.items()) or "ok"
+        pair = (
+            f"{_compact(node.best_free_pair)} ({node.best_pair_nvlinks} NVLinks)"
+            if node.best_free_pair
             else "none"
         )
         table.add_row(
@@ -106,17 +118,18 @@ def _print_demo(result: DemoResult, console: Console) -> None:
             f"{node.gpu_count} x {node.product}",
             " ".join("{" + _compact(i) + "}" for i in node.islands),
             numa,
-            _compact(node.idle_gpus) or "-",
-            quad,
-            f"{node.mean_util_ratio:.0%}",
-            f"{node.power_w:,.0f} W",
+            health,
+            "\n".join(node.pods) or "-",
+            _compact(node.free_gpus) or "-",
+            pair,
         )
     console.print(table)
     total_gpus = sum(n.gpu_count for n in result.nodes)
     total_bytes = sum(n.wire_bytes for n in result.nodes)
+    power = sum(n.power_w for n in result.nodes)
     console.print(
-        f"{len(result.nodes)} nodes, {total_gpus} GPUs, {total_bytes:,} bytes of reports "
-        "round-tripped through JSON unchanged."
+        f"{len(result.nodes)} nodes, {total_gpus} GPUs drawing {power:,.0f} W; "
+        f"{total_bytes:,} bytes of reports round-tripped through JSON unchanged."
     )
     console.print("A corrupted report (a link to GPU 99) was refused:")
     for problem in result.rejected.problems:
