@@ -98,10 +98,19 @@ class GpuSpec(_Model):
     max_sm_clock_mhz: Annotated[int, Field(gt=0)] = 1980
 
 
+class MigSpec(_Model):
+    """One MIG device carved out of a GPU."""
+
+    profile: str  # e.g. "1g.10gb"
+    memory_gib: Annotated[float, Field(gt=0)]
+
+
 class GpuEntry(_Model):
     """Per-GPU facts: where it sits and how the host sees it."""
 
     pci_bus_id: str
+    #: MIG devices; non-empty means MIG mode is enabled on this GPU.
+    mig_devices: list[MigSpec] = Field(default_factory=list, max_length=7)
     numa_node: Annotated[int, Field(ge=0)] | None = None
     cpu_affinity: str = ""  # Linux CPU list syntax; empty = unknown
     cluster_uuid: str | None = None
@@ -199,6 +208,9 @@ class Profile(_Model):
                         raise ValueError(f"{name}.{a}: cell {b} ({cell}) differs from {b},{a}")
                     if a != b:
                         _check_cell(cell, where=f"{name}.{a}.{b}", pcie_only=name == "pcie")
+        for i, gpu in enumerate(self.gpus):
+            if gpu.mig_devices and not self.gpu.mig_capable:
+                raise ValueError(f"gpus.{i}.mig_devices: gpu.mig_capable is false")
         numa_ids = {node.id for node in self.numa_nodes}
         for i, gpu in enumerate(self.gpus):
             if gpu.numa_node is not None and numa_ids and gpu.numa_node not in numa_ids:

@@ -44,6 +44,12 @@ class _Handle:
     index: int
 
 
+@dataclass(frozen=True)
+class _MigHandle:
+    parent: int
+    slot: int
+
+
 @dataclass
 class _PciInfo:
     busId: str  # noqa: N815 - the ctypes struct's name
@@ -210,11 +216,18 @@ class FakeNvml:
         seed = f"{self.profile.name}/{self.profile.gpus[index].pci_bus_id}"
         return f"GPU-{uuid.uuid5(_UUID_NAMESPACE, seed)}"
 
-    def nvmlDeviceGetUUID(self, handle: _Handle) -> str:  # noqa: N802
+    def nvmlDeviceGetUUID(self, handle: _Handle | _MigHandle) -> str:  # noqa: N802
+        if isinstance(handle, _MigHandle):
+            self._mig(handle)
+            return (
+                f"MIG-{uuid.uuid5(_UUID_NAMESPACE, f'{self.uuid_of(handle.parent)}/{handle.slot}')}"
+            )
         self._live(handle)
         return self.uuid_of(handle.index)
 
-    def nvmlDeviceGetName(self, handle: _Handle) -> str:  # noqa: N802
+    def nvmlDeviceGetName(self, handle: _Handle | _MigHandle) -> str:  # noqa: N802
+        if isinstance(handle, _MigHandle):
+            return f"{self.profile.gpu.product} MIG {self._mig(handle).profile}"
         self._live(handle)
         return self.profile.gpu.product
 
@@ -236,7 +249,12 @@ class FakeNvml:
         major, minor = self.profile.gpu.compute_capability.split(".")
         return int(major), int(minor)
 
-    def nvmlDeviceGetMemoryInfo(self, handle: _Handle, version: Any = None) -> _Memory:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(  # noqa: N802
+        self, handle: _Handle | _MigHandle, version: Any = None
+    ) -> _Memory:
+        if isinstance(handle, _MigHandle):
+            total = int(self._mig(handle).memory_gib * 1024**3)
+            return _Memory(total=total, free=total, used=0)
         self._live(handle)
         total = self.profile.memory_bytes
         used = min(self._memory_used(handle.index), total)
@@ -258,7 +276,35 @@ class FakeNvml:
         self._live(handle)
         if not self.profile.gpu.mig_capable:
             _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
-        return [0, 0]
+        enabled = int(bool(self.profile.gpus[handle.index].mig_devices))
+        return [enabled, enabled]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: _Handle) -> int:  # noqa: N802
+        self._live(handle)
+        if not self.profile.gpu.mig_capable:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return 7
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: _Handle, slot: int) -> _MigHandle:  # noqa: N802
+        self._live(handle)
+        if slot >= len(self.profile.gpus[handle.index].mig_devices):
+            _error(pynvml.NVML_ERROR_NOT_FOUND)  # an empty slot, as NVML answers
+        return _MigHandle(handle.index, slot)
+
+    def nvmlDeviceGetGpuInstanceId(self, handle: _MigHandle) -> int:  # noqa: N802
+        self._mig(handle)
+        return handle.slot + 1
+
+    def nvmlDeviceGetComputeInstanceId(self, handle: _MigHandle) -> int:  # noqa: N802
+        self._mig(handle)
+        return 0
+
+    def _mig(self, handle: _MigHandle) -> Any:
+        self._live(_Handle(handle.parent))
+        devices = self.profile.gpus[handle.parent].mig_devices
+        if not isinstance(handle, _MigHandle) or handle.slot >= len(devices):
+            _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        return devices[handle.slot]
 
     def nvmlDeviceGetCpuAffinity(self, handle: _Handle, cpu_set_size: int) -> list[int]:  # noqa: N802
         self._live(handle)
@@ -344,6 +390,8 @@ class FakeNvml:
 
     def nvmlDeviceGetUtilizationRates(self, handle: _Handle) -> _Utilization:  # noqa: N802
         self._live(handle)
+        if self.profile.gpus[handle.index].mig_devices:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)  # not reported for MIG-enabled GPUs
         util = self._util(handle.index, self._now())
         return _Utilization(gpu=round(util * 100), memory=round(util * 60))
 

@@ -8,11 +8,12 @@ from typing import Any
 
 import pynvml
 import pytest
+import yaml
 
 from agent.collector import Collector
 from agent.fake.nvml import FakeNvml
 from agent.nvml import Nvml, NvmlUnavailableError
-from agent.profile import load_profile, shipped_profile_names
+from agent.profile import MigSpec, ProfileError, load_profile, parse_profile, shipped_profile_names
 from shared.report import GpuHealth, PcieLevel
 from shared.topology import LinkMatrix, best_connected_gpus
 from tests.agent.helpers import ManualClock, fake_collector
@@ -212,3 +213,34 @@ def test_a_gpu_lost_before_discovery_is_left_out(tmp_path: Path) -> None:
     report = collector.collect().report
     assert [g.index for g in report.gpus] == [0, 1, 2, 3, 4, 5, 7]
     assert all(lk.gpu_a != 6 and lk.gpu_b != 6 for lk in report.links)
+
+
+def test_mig_devices_are_reported(tmp_path: Path) -> None:
+    profile = load_profile("dgx-a100")
+    gpus = list(profile.gpus)
+    gpus[1] = gpus[1].model_copy(
+        update={
+            "mig_devices": [
+                MigSpec(profile="3g.20gb", memory_gib=20),
+                MigSpec(profile="1g.5gb", memory_gib=5),
+            ]
+        }
+    )
+    collector, _ = fake_collector(profile.model_copy(update={"gpus": gpus}), tmp_path)
+    report = collector.collect().report
+    mig_gpu = report.gpus[1]
+    assert mig_gpu.mig_enabled
+    assert [m.profile for m in mig_gpu.mig_instances] == ["3g.20gb", "1g.5gb"]
+    assert mig_gpu.mig_instances[0].memory_bytes == 20 * 1024**3
+    assert mig_gpu.mig_instances[1].gpu_instance_id == 2
+    assert all(m.uuid.startswith("MIG-") for m in mig_gpu.mig_instances)
+    assert not report.gpus[0].mig_enabled
+    sample = next(s for s in report.samples if s.gpu_uuid == mig_gpu.uuid)
+    assert sample.util_ratio is None  # NVML reports no utilisation for MIG-enabled GPUs
+
+
+def test_mig_needs_a_capable_gpu() -> None:
+    data = yaml.safe_load(Path("agent/profiles/l40s-pcie.yaml").read_text())
+    data["gpus"][0]["mig_devices"] = [{"profile": "1g.6gb", "memory_gib": 6}]
+    with pytest.raises(ProfileError, match=r"gpus\.0\.mig_devices: gpu\.mig_capable is false"):
+        parse_profile(yaml.safe_dump(data), origin="l40s")
