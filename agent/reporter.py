@@ -32,6 +32,8 @@ REPORTS_PATH: Final = "/v1/reports"
 _RETRYABLE: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: The optimizer already has this report (idempotent resend).
 _ALREADY_STORED: Final = frozenset({409})
+#: The optimizer lacks the topology these samples refer to (it lost its state): resend it.
+_RESEND_TOPOLOGY: Final = 412
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,9 @@ class Reporter:
             queued = self.buffer[0]
             with_topology = queued.fingerprint != self._acked_fingerprint
             outcome = self._send(queued.report if with_topology else _samples_only(queued.report))
+            if outcome == "resend_topology" and not with_topology:
+                self._acked_fingerprint = None  # the next attempt carries the topology
+                continue
             if outcome == "retry":
                 self._back_off()
                 break
@@ -142,6 +147,9 @@ class Reporter:
             return "retry"
         if response.is_success or response.status_code in _ALREADY_STORED:
             return "accepted"
+        if response.status_code == _RESEND_TOPOLOGY and not report.is_topology_report:
+            log.warning("optimizer_lacks_topology", node=report.node_name)
+            return "resend_topology"
         self._count_failure()
         if response.status_code in _RETRYABLE:
             retry_after = _retry_after_s(response)

@@ -1,7 +1,24 @@
-"""``stowage-optimizer``: the central optimizer process (service commands land here)."""
+"""``stowage-optimizer``: serve the API, and manage the database."""
+
+import logging
+from typing import Annotated, Any
 
 import typer
+import uvicorn
+from pydantic import ValidationError
 
+from agent.logs import configure_logging
+from optimizer.api.app import create_app, run_prune
+from optimizer.auth import (
+    Authenticator,
+    TokenReviewer,
+    TokensFile,
+    TokensFileError,
+    kubernetes_token_review,
+)
+from optimizer.settings import OptimizerSettings
+from optimizer.store import migrate
+from optimizer.store.engine import make_engine
 from shared.version import __version__
 
 app = typer.Typer(
@@ -10,17 +27,110 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+db_app = typer.Typer(help="Database schema and retention.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 
 @app.callback()
-def _group() -> None:
-    """Keep subcommands explicit even while there is only one."""
+def _group(
+    log_json: Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")] = False,
+) -> None:
+    """Logs go to stderr as key=value lines (JSON with --log-json)."""
+    configure_logging(json=log_json)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"stowage-optimizer: {message}", err=True)
+    return typer.Exit(1)
+
+
+def load_settings(**overrides: Any) -> OptimizerSettings:
+    """Settings from flags, environment and the YAML file; exits naming a bad setting."""
+    try:
+        return OptimizerSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except (ValidationError, ValueError) as error:
+        if isinstance(error, ValidationError):
+            details = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                for e in error.errors()
+            )
+        else:
+            details = str(error)
+        raise _fail(f"invalid settings: {details}") from None
+
+
+def build_authenticator(settings: OptimizerSettings) -> Authenticator | None:
+    """The authenticator the settings ask for (None for auth=none)."""
+    try:
+        people = TokensFile.load(settings.tokens_file) if settings.tokens_file else None
+    except TokensFileError as error:
+        raise _fail(str(error)) from None
+    if settings.auth == "none":
+        return None
+    if settings.auth == "tokens":
+        return people
+    return TokenReviewer(
+        review=kubernetes_token_review(audience=settings.tokenreview_audience),
+        agent_username=settings.agent_username,
+        fallback=people,
+    )
 
 
 @app.command()
 def version() -> None:
     """Print the optimizer version."""
     typer.echo(__version__)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+) -> None:
+    """Serve the HTTP API (migrates SQLite databases on start)."""
+    settings = load_settings(host=host, port=port)
+    authenticator = build_authenticator(settings)
+    if authenticator is None:
+        logging.getLogger(__name__).warning("authentication disabled (auth=none)")
+    application = create_app(settings, authenticator=authenticator)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
+        ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate the database schema to this version."""
+    settings = load_settings()
+    engine = make_engine(settings.database_url)
+    migrate.upgrade(engine)
+    typer.echo(f"database at revision {migrate.current_revision(engine)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's schema revision and whether it is current."""
+    settings = load_settings()
+    engine = make_engine(settings.database_url)
+    revision = migrate.current_revision(engine)
+    head = migrate.head_revision()
+    typer.echo(f"{revision or 'empty'} (this version needs {head})")
+    if revision != head:
+        raise typer.Exit(1)
+
+
+@db_app.command("prune")
+def db_prune() -> None:
+    """Apply retention now (the server also does it every prune_interval_s)."""
+    settings = load_settings()
+    application = create_app(settings, authenticator=None, prune_in_background=False)
+    run_prune(application.state.stowage)
 
 
 def main() -> None:

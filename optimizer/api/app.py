@@ -1,0 +1,137 @@
+"""The optimizer's HTTP application: routers, error mapping, start-up and retention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.concurrency import run_in_threadpool
+
+from optimizer.api import cluster, gpus, health, nodes, reports
+from optimizer.api.state import ApiMetrics, AppState
+from optimizer.auth import Authenticator
+from optimizer.settings import OptimizerSettings
+from optimizer.store import migrate
+from optimizer.store.engine import make_engine, make_session_factory
+from optimizer.store.reports import prune
+from shared.report import NodeReport
+from shared.version import __version__
+
+log = structlog.get_logger(__name__)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(
+    settings: OptimizerSettings,
+    *,
+    authenticator: Authenticator | None,
+    engine: Engine | None = None,
+    clock: Callable[[], datetime] = _utc_now,
+    migrate_on_start: bool | None = None,
+    prune_in_background: bool = True,
+) -> FastAPI:
+    """Build the app.
+
+    Args:
+        settings: validated settings.
+        authenticator: None disables authentication (``auth=none``, development only).
+        engine: defaults to one built from ``settings.database_url``.
+        clock: UTC now, injectable.
+        migrate_on_start: run migrations at start; default: only for SQLite.
+        prune_in_background: apply retention every ``prune_interval_s`` while serving.
+    """
+    engine = engine or make_engine(settings.database_url)
+    registry = CollectorRegistry()
+    state = AppState(
+        settings=settings,
+        engine=engine,
+        sessions=make_session_factory(engine),
+        authenticator=authenticator,
+        clock=clock,
+        registry=registry,
+        metrics=ApiMetrics(registry),
+    )
+    registry.register(health.ClusterCollector(state))
+    if migrate_on_start is None:
+        migrate_on_start = engine.dialect.name == "sqlite"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if migrate_on_start:
+            await run_in_threadpool(migrate.upgrade, engine)
+        task = asyncio.create_task(_prune_forever(state)) if prune_in_background else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+
+    app = FastAPI(
+        title="Stowage optimizer",
+        version=__version__,
+        description="Report ingest, cluster state and history for GPU scheduling.",
+        lifespan=lifespan,
+    )
+    app.state.stowage = state
+    for module in (reports, nodes, cluster, gpus, health):
+        app.include_router(module.router)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(PoolTimeoutError)
+    async def database_unavailable(_: Request, error: Exception) -> JSONResponse:
+        log.error("database_unavailable", error=type(error).__name__)
+        return JSONResponse(
+            {"detail": "database unavailable; nothing was stored, retry later"},
+            status_code=503,
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )
+
+    original_openapi = app.openapi
+
+    def openapi() -> dict[str, object]:
+        schema = original_openapi()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        report_schema = NodeReport.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(report_schema.pop("$defs", {}))
+        components["NodeReport"] = report_schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+async def _prune_forever(state: AppState) -> None:
+    settings = state.settings
+    while True:
+        await asyncio.sleep(settings.prune_interval_s)
+        try:
+            await run_in_threadpool(run_prune, state)
+        except Exception:  # retention must never stop the server
+            log.exception("prune_failed")
+
+
+def run_prune(state: AppState) -> None:
+    """Apply retention once (also ``stowage-optimizer db prune``)."""
+    settings = state.settings
+    with state.sessions.begin() as session:
+        result = prune(
+            session,
+            now=state.clock(),
+            raw_retention=timedelta(seconds=settings.raw_retention_s),
+            rollup_5m_retention=timedelta(seconds=settings.rollup_5m_retention_s),
+            rollup_1h_retention=timedelta(seconds=settings.rollup_1h_retention_s),
+        )
+    log.info("pruned", **result.__dict__)

@@ -1,0 +1,83 @@
+"""FastAPI dependencies: the shared state, a database session, the caller's principal."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+import structlog
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from optimizer.api.state import AppState
+from optimizer.auth import Principal, Role
+from optimizer.store.queries import record_audit
+
+log = structlog.get_logger(__name__)
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.stowage
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    with state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _refuse(state: AppState, request: Request, *, status: int, actor: str, reason: str) -> None:
+    """Audit a refusal (best effort: a database outage must not turn 401 into 500)."""
+    state.metrics.denied.labels(status=str(status)).inc()
+    try:
+        with state.sessions.begin() as session:
+            record_audit(
+                session,
+                at=state.clock(),
+                actor=actor,
+                verb=request.method,
+                obj=request.url.path,
+                reason=reason,
+                outcome=f"denied:{status}",
+            )
+    except SQLAlchemyError as error:
+        log.warning("audit_write_failed", error=type(error).__name__)
+    log.info("request_denied", status=status, actor=actor, path=request.url.path, reason=reason)
+
+
+def require(*roles: Role) -> Callable[[Request, AppState], Principal]:
+    """A dependency admitting callers with one of ``roles`` (admins always)."""
+    allowed = {*roles, Role.ADMIN}
+
+    def dependency(request: Request, state: StateDep) -> Principal:
+        if state.authenticator is None:
+            return Principal(subject="anonymous", role=Role.ADMIN)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        principal = (
+            state.authenticator.authenticate(token.strip())
+            if scheme.lower() == "bearer" and token.strip()
+            else None
+        )
+        if principal is None:
+            reason = "no bearer token" if not header else "invalid bearer token"
+            _refuse(state, request, status=401, actor="anonymous", reason=reason)
+            raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
+        if principal.role not in allowed:
+            reason = f"role {principal.role.value} may not {request.method} {request.url.path}"
+            _refuse(state, request, status=403, actor=principal.subject, reason=reason)
+            raise HTTPException(403, reason)
+        return principal
+
+    return dependency
+
+
+Reader = Annotated[Principal, Depends(require(Role.READER))]
+AgentOrAdmin = Annotated[Principal, Depends(require(Role.AGENT))]

@@ -1,0 +1,110 @@
+"""``POST /v1/reports``: agents deliver node reports here."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from optimizer.api.deps import AgentOrAdmin, StateDep, _refuse
+from optimizer.api.state import AppState
+from optimizer.auth import Role
+from optimizer.store.reports import IngestResult, TopologyUnknownError, ingest_report
+from shared.report import SUPPORTED_SCHEMA_VERSIONS, NodeReport
+from shared.schema import ReportError, parse_report
+
+router = APIRouter(tags=["reports"])
+
+_REPORT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NodeReport"}}},
+    }
+}
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _store(state: AppState, report: NodeReport) -> IngestResult:
+    started = time.perf_counter()
+    with state.sessions.begin() as session:
+        result = ingest_report(session, report, received_at=state.clock())
+    state.metrics.ingest_seconds.observe(time.perf_counter() - started)
+    return result
+
+
+@router.post(
+    "/v1/reports",
+    status_code=202,
+    openapi_extra=_REPORT_BODY,
+    responses={
+        200: {"description": "A resend of a report already stored; nothing changed."},
+        202: {"description": "Stored."},
+        400: {"description": "Unsupported schema_version; the supported ones are named."},
+        401: {"description": "No valid bearer token."},
+        403: {"description": "An agent may only report for its own node."},
+        412: {"description": "Samples for a topology the optimizer lacks: resend topology."},
+        413: {"description": "Body over the size limit."},
+        422: {"description": "The report breaks the contract; every problem with its path."},
+        503: {"description": "Database unavailable; retry after Retry-After seconds."},
+    },
+)
+async def post_report(request: Request, state: StateDep, principal: AgentOrAdmin) -> JSONResponse:
+    """Store one NodeReport (one transaction; a resent report is stored once)."""
+    body = await _read_limited(request, state.settings.max_body_bytes)
+    try:
+        report = parse_report(body)
+    except ReportError as error:
+        version = next((p for p in error.problems if p.path == "schema_version"), None)
+        if version is not None and "unsupported" in version.message:
+            state.metrics.reports.labels(outcome="unsupported_version").inc()
+            supported = sorted(SUPPORTED_SCHEMA_VERSIONS)
+            raise HTTPException(
+                400, {"message": version.message, "supported_schema_versions": supported}
+            ) from None
+        state.metrics.reports.labels(outcome="invalid").inc()
+        raise HTTPException(
+            422,
+            [
+                {"loc": p.path.split(".") if p.path else [], "msg": p.message}
+                for p in error.problems
+            ],
+        ) from None
+    if principal.role is Role.AGENT and report.node_name != principal.subject:
+        reason = f"agent of node {principal.subject} may not report for node {report.node_name}"
+        await run_in_threadpool(
+            _refuse, state, request, status=403, actor=principal.subject, reason=reason
+        )
+        raise HTTPException(403, reason)
+    try:
+        result = await run_in_threadpool(_store, state, report)
+    except TopologyUnknownError as error:
+        state.metrics.reports.labels(outcome="topology_unknown").inc()
+        raise HTTPException(412, str(error)) from None
+    outcome = "stored" if result.stored else "duplicate"
+    state.metrics.reports.labels(outcome=outcome).inc()
+    return JSONResponse(
+        status_code=202 if result.stored else 200,
+        content={
+            "node_name": report.node_name,
+            "sequence": report.sequence,
+            "stored": result.stored,
+            "topology_changed": result.topology_changed,
+            "samples": result.samples,
+        },
+    )

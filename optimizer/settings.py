@@ -1,0 +1,131 @@
+"""Optimizer settings: ``STOWAGE_*`` environment variables and an optional YAML file.
+
+Precedence: constructor arguments (the CLI's flags), then environment variables, then the
+YAML file named by ``STOWAGE_CONFIG_FILE``, then defaults. Any invalid value stops the
+optimizer at start with the setting's name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_DATABASE_URL = "sqlite:///stowage.db"
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Settings from the YAML file named by ``STOWAGE_CONFIG_FILE`` (keys = field names)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ returns the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("STOWAGE_CONFIG_FILE")
+        if not path:
+            return {}
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ValueError(f"STOWAGE_CONFIG_FILE {path}: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"STOWAGE_CONFIG_FILE {path}: must be a mapping of settings")
+        return data
+
+
+class OptimizerSettings(BaseSettings):
+    """Everything the optimizer can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="STOWAGE_", extra="ignore")
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL: sqlite:///path (WAL mode) or postgresql+psycopg://...",
+    )
+    host: str = Field(default="127.0.0.1", description="Listen address.")
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(default=8080, description="Listen port.")
+    stale_after_s: Annotated[float, Field(gt=0)] = Field(
+        default=60.0, description="A node with no report for this long is stale."
+    )
+    raw_retention_s: Annotated[float, Field(gt=0)] = Field(
+        default=2 * 86400.0, description="Keep raw samples this long."
+    )
+    rollup_5m_retention_s: Annotated[float, Field(gt=0)] = Field(
+        default=30 * 86400.0, description="Keep 5-minute rollups this long."
+    )
+    rollup_1h_retention_s: Annotated[float, Field(gt=0)] = Field(
+        default=400 * 86400.0, description="Keep 1-hour rollups this long."
+    )
+    prune_interval_s: Annotated[float, Field(gt=0)] = Field(
+        default=600.0, description="How often retention is applied while serving."
+    )
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = Field(
+        default=2 * 2**20, description="Largest accepted request body (413 above)."
+    )
+    retry_after_s: Annotated[int, Field(ge=1, le=3600)] = Field(
+        default=5, description="Retry-After sent with 503 when the database is unavailable."
+    )
+    auth: Literal["tokens", "tokenreview", "none"] = Field(
+        default="tokens",
+        description="tokens: STOWAGE_TOKENS_FILE; tokenreview: Kubernetes TokenReview for "
+        "agents plus the tokens file for people; none: no authentication (development only).",
+    )
+    tokens_file: Path | None = Field(
+        default=None, description="YAML list of {token, subject, role}."
+    )
+    agent_username: str = Field(
+        default="system:serviceaccount:stowage:stowage-agent",
+        description="The agents' ServiceAccount user name (auth=tokenreview).",
+    )
+    tokenreview_audience: str = Field(
+        default="stowage", description="Audience agents' projected tokens must carry."
+    )
+    tls_cert_file: Path | None = Field(default=None, description="Serve HTTPS with this cert.")
+    tls_key_file: Path | None = Field(default=None, description="The certificate's key.")
+    idle_util_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.05, description="A GPU below this utilisation with no process is idle."
+    )
+    request_shapes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
+        default=[8, 4, 2],
+        description="GPUs per pod of the request shapes used to count fragmented GPUs.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _YamlFileSource(settings_cls)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql")):
+            raise ValueError("must be a sqlite:// or postgresql:// SQLAlchemy URL")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.auth == "tokens" and self.tokens_file is None:
+            raise ValueError(
+                "auth=tokens needs tokens_file (STOWAGE_TOKENS_FILE); "
+                "STOWAGE_AUTH=none serves without authentication, for development only"
+            )
+        for path in (self.tokens_file, self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path}: no such file")
+        return self
