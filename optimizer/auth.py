@@ -155,12 +155,20 @@ class TokenReviewer:
         return Principal(subject=nodes[0], role=Role.AGENT)
 
 
-def kubernetes_token_review(*, audience: str) -> Callable[[str], dict[str, Any]]:
-    """A TokenReview sender over the official client (in-cluster config)."""
+def kubernetes_token_review(
+    *, audience: str, api_client: Any | None = None
+) -> Callable[[str], dict[str, Any]]:
+    """A TokenReview sender over the official client.
+
+    Args:
+        audience: the audience the token must have been issued for.
+        api_client: a ``kubernetes.client.ApiClient``; default: the in-cluster config.
+    """
     from kubernetes import client, config
 
-    config.load_incluster_config()
-    api = client.AuthenticationV1Api()
+    if api_client is None:
+        config.load_incluster_config()
+    api = client.AuthenticationV1Api(api_client)
 
     def review(token: str) -> dict[str, Any]:
         body = client.V1TokenReview(

@@ -59,7 +59,9 @@ NODE_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 GpuUuid = Annotated[str, StringConstraints(pattern=_GPU_UUID_RE)]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+#: Every integer on the wire fits a signed 64-bit database column.
+INT64_MAX: Final = 2**63 - 1
+NonNegativeInt = Annotated[int, Field(ge=0, le=INT64_MAX)]
 NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 CpuId = Annotated[int, Field(ge=0, lt=MAX_CPUS)]
 
@@ -160,6 +162,7 @@ class _Model(BaseModel):
         frozen=True,
         str_strip_whitespace=True,
         validate_default=True,
+        allow_inf_nan=False,
     )
 
 
@@ -204,7 +207,7 @@ class GpuInfo(_Model):
     architecture: GpuArchitecture | None = None
     compute_capability: Annotated[str, StringConstraints(pattern=r"^\d+\.\d+$")] | None = None
     serial: ShortText | None = None
-    memory_bytes: Annotated[int, Field(gt=0)]
+    memory_bytes: Annotated[int, Field(gt=0, le=INT64_MAX)]
     pci_bus_id: str
     pcie_generation: Annotated[int, Field(ge=1, le=7)] | None = None
     pcie_width: Annotated[int, Field(ge=1, le=32)] | None = None
@@ -271,7 +274,7 @@ class GpuLink(_Model):
 class GpuProcess(_Model):
     """One process using a GPU, attributed to its pod where the agent could tell."""
 
-    pid: Annotated[int, Field(ge=1)]
+    pid: Annotated[int, Field(ge=1, le=2**31 - 1)]
     namespace: ShortText | None = None
     pod: ShortText | None = None
     pod_uid: ShortText | None = None

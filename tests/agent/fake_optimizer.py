@@ -20,6 +20,8 @@ class FakeOptimizer:
         self.auth: list[str | None] = []
         self.status = 202
         self.retry_after: str | None = None
+        self.require_topology = False  # answer 412 to samples of nodes it has no topology of
+        self.known_nodes: set[str] = set()
         self.port = 0
         self._server: ThreadingHTTPServer | None = None
         self.start()
@@ -34,6 +36,14 @@ class FakeOptimizer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                report = json.loads(body)
+                if "gpus" in report:
+                    owner.known_nodes.add(report["node_name"])
+                elif owner.require_topology and report["node_name"] not in owner.known_nodes:
+                    self.send_response(412)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if owner.status < 300:
                     owner.received.append(json.loads(body))
                     owner.auth.append(self.headers.get("Authorization"))

@@ -19,10 +19,15 @@ from tests.agent.helpers import ManualClock, fake_collector
 INTERVAL_S = 10.0
 
 
+_OPEN: list[Reporter] = []
+
+
 @pytest.fixture
 def optimizer() -> Iterator[FakeOptimizer]:
     server = FakeOptimizer()
     yield server
+    while _OPEN:
+        _OPEN.pop().close()
     server.stop()
 
 
@@ -40,6 +45,7 @@ def _setup(
         rng=random.Random(7),
         backoff_max_s=8.0,
     )
+    _OPEN.append(reporter)
     return collector, reporter, clock, metrics
 
 
@@ -147,7 +153,23 @@ def test_bearer_token_is_read_from_file_each_time(tmp_path: Path, optimizer: Fak
     token = tmp_path / "token"
     token.write_text("first\n")
     reporter = Reporter(url=optimizer.url, token_file=token, clock=clock)
+    _OPEN.append(reporter)
     _cycle(collector, reporter, clock)
     token.write_text("rotated")
     _cycle(collector, reporter, clock)
     assert optimizer.auth == ["Bearer first", "Bearer rotated"]
+
+
+def test_topology_is_resent_when_the_optimizer_lost_it(
+    tmp_path: Path, optimizer: FakeOptimizer
+) -> None:
+    collector, reporter, clock, _ = _setup(tmp_path, optimizer)
+    for _ in range(2):
+        _cycle(collector, reporter, clock)
+    optimizer.require_topology = True  # as if its database had been wiped
+    optimizer.known_nodes.clear()
+    for _ in range(2):
+        _cycle(collector, reporter, clock)
+    sequences_with_topology = [r["sequence"] for r in optimizer.received if "gpus" in r]
+    assert sequences_with_topology == [1, 3]
+    assert [r["sequence"] for r in optimizer.received] == [1, 2, 3, 4]

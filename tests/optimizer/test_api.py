@@ -1,0 +1,251 @@
+"""The HTTP API on SQLite and PostgreSQL: ingest, reads, authentication, bad input, faults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from optimizer.api.app import create_app
+from optimizer.auth import TokensFile
+from optimizer.settings import OptimizerSettings
+from optimizer.store.engine import make_engine
+from optimizer.store.models import AuditEntry, Sample
+from shared.report import NodeReport
+from tests.optimizer.conftest import TOKENS, WallClock, auth
+from tests.optimizer.reports import later, samples_report, topology_report, with_process
+
+AGENT = "gpu-node-1"
+
+
+def _post(client: TestClient, report: NodeReport | dict[str, Any], *, who: str = AGENT) -> Any:
+    body = report.model_dump_json() if isinstance(report, NodeReport) else json.dumps(report)
+    return client.post(
+        "/v1/reports", content=body, headers={**auth(who), "Content-Type": "application/json"}
+    )
+
+
+def test_agent_report_shows_up_in_nodes(client: TestClient, clock: WallClock) -> None:
+    report = topology_report(AGENT, at=clock.now, utils=[0.9] * 4 + [0.0] * 4)
+    response = _post(client, report)
+    assert response.status_code == 202, response.text
+    assert response.json()["topology_changed"] is True
+    listing = client.get("/v1/nodes", headers=auth("sre@example.com")).json()["items"]
+    assert [n["name"] for n in listing] == [AGENT]
+    assert listing[0]["status"] == "ready"
+    assert listing[0]["gpu_count"] == 8
+    detail = client.get(f"/v1/nodes/{AGENT}", headers=auth("sre@example.com")).json()
+    assert len(detail["links"]) == 28
+    assert detail["gpus"][0]["util_ratio"] == pytest.approx(0.9)
+    assert detail["gpus"][0]["info"]["pci_bus_id"] == report.gpus[0].pci_bus_id
+    assert detail["host"]["numa_nodes"][1]["id"] == 1
+
+
+def test_resend_is_acknowledged_but_stored_once(client: TestClient, clock: WallClock) -> None:
+    report = topology_report(AGENT, at=clock.now)
+    assert _post(client, report).status_code == 202
+    again = _post(client, report)
+    assert again.status_code == 200
+    assert again.json()["stored"] is False
+    engine = client.app.state.stowage.engine  # type: ignore[attr-defined]
+    with Session(engine) as session:
+        assert len(session.scalars(select(Sample)).all()) == 8
+
+
+def test_nodes_turn_stale_after_the_ttl(client: TestClient, clock: WallClock) -> None:
+    _post(client, topology_report(AGENT, at=clock.now))
+    clock.advance(61)
+    node = client.get(f"/v1/nodes/{AGENT}", headers=auth("sre@example.com")).json()
+    assert node["status"] == "stale"
+    assert node["last_seen_age_s"] == pytest.approx(61)
+    summary = client.get("/v1/cluster/summary", headers=auth("sre@example.com")).json()
+    assert summary["stale_nodes"] == [AGENT]
+    assert summary["gpus"]["total"] == 0
+
+
+def test_cluster_summary_counts_and_fragmentation(client: TestClient, clock: WallClock) -> None:
+    busy = topology_report(AGENT, at=clock.now, utils=[0.9, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0])
+    for gpu in (0, 1, 2):  # GPU 1 is allocated but idle
+        busy = with_process(busy, gpu, namespace="ml", pod="p", memory_used_bytes=1)
+    _post(client, busy)
+    _post(
+        client,
+        topology_report("gpu-node-2", at=clock.now, l40s=True),
+        who="gpu-node-2",
+    )
+    summary = client.get("/v1/cluster/summary", headers=auth("sre@example.com")).json()
+    assert summary["nodes"] == 2
+    assert summary["gpus"] == {
+        "total": 16,
+        "allocated": 3,
+        "allocated_idle": 1,
+        "free": 13,
+        "unhealthy": 0,
+    }
+    assert summary["by_model"]["NVIDIA L40S"]["free"] == 8
+    # gpu-node-1 has 5 free GPUs: shapes 8/4/2 use 4 of them, so 1 is fragmented.
+    assert summary["fragmented_gpus"] == 1
+    assert summary["power_w"] > 0
+    odd = client.get("/v1/cluster/summary?shapes=3", headers=auth("sre@example.com")).json()
+    assert odd["fragmented_gpus"] == 2 + 2  # 5 -> 3 used; 8 -> 6 used
+
+
+def test_samples_history_endpoint(client: TestClient, clock: WallClock) -> None:
+    first = topology_report(AGENT, at=clock.now)
+    _post(client, first)
+    for i in range(1, 30):
+        _post(client, samples_report(first, at=later(clock.now, 10 * i), sequence=i + 1))
+    clock.advance(300)
+    uuid = first.gpus[0].uuid
+    reader = auth("sre@example.com")
+    series = client.get(f"/v1/gpus/{uuid}/samples", params={"step": 60}, headers=reader).json()
+    assert series["source"] == "raw"
+    assert sum(p["samples"] for p in series["points"]) == 30
+    coarse = client.get(f"/v1/gpus/{uuid}/samples", params={"step": 300}, headers=reader).json()
+    assert coarse["source"] == "5m"
+    assert sum(p["samples"] for p in coarse["points"]) == 30
+    assert client.get("/v1/gpus/GPU-nope/samples", headers=reader).status_code == 404
+    backwards = {"from": "2026-11-29T13:00:00Z", "to": "2026-11-29T12:00:00Z"}
+    assert (
+        client.get(f"/v1/gpus/{uuid}/samples", params=backwards, headers=reader).status_code == 400
+    )
+    too_many = {"from": "2026-01-01T00:00:00Z", "to": "2026-11-29T12:00:00Z", "step": 1}
+    assert (
+        client.get(f"/v1/gpus/{uuid}/samples", params=too_many, headers=reader).status_code == 400
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer not-a-known-token-at-all"}, 401),
+        ({"Authorization": "Basic abc"}, 401),
+        (auth("sre@example.com"), 403),
+        (auth("gpu-node-2"), 403),  # an agent reporting for another node
+    ],
+)
+def test_refusals_are_audited_without_the_token(
+    client: TestClient, clock: WallClock, headers: dict[str, str], status: int
+) -> None:
+    body = topology_report(AGENT, at=clock.now).model_dump_json()
+    response = client.post("/v1/reports", content=body, headers=headers)
+    assert response.status_code == status
+    engine = client.app.state.stowage.engine  # type: ignore[attr-defined]
+    with Session(engine) as session:
+        entry = session.scalars(select(AuditEntry)).one()
+    assert entry.outcome == f"denied:{status}"
+    assert entry.object == "/v1/reports"
+    everything = " ".join([entry.actor, entry.verb, entry.object, entry.reason])
+    assert not any(token in everything for token in TOKENS)
+    assert "not-a-known-token" not in everything
+
+
+def test_readers_can_read_and_agents_cannot(client: TestClient) -> None:
+    assert client.get("/v1/nodes", headers=auth("sre@example.com")).status_code == 200
+    assert client.get("/v1/nodes", headers=auth("platform@example.com")).status_code == 200
+    assert client.get("/v1/nodes", headers=auth(AGENT)).status_code == 403
+    assert client.get("/v1/nodes").status_code == 401
+
+
+def test_schema_violation_is_422_with_the_field_path(client: TestClient, clock: WallClock) -> None:
+    data = topology_report(AGENT, at=clock.now).model_dump(mode="json")
+    data["samples"][3]["util_ratio"] = 7
+    response = _post(client, data)
+    assert response.status_code == 422
+    assert {
+        "loc": ["samples", "3", "util_ratio"],
+        "msg": "Input should be less than or equal to 1",
+    } in (response.json()["detail"])
+
+
+def test_unknown_schema_version_is_400_naming_the_supported(
+    client: TestClient, clock: WallClock
+) -> None:
+    data = topology_report(AGENT, at=clock.now).model_dump(mode="json")
+    data["schema_version"] = 9
+    response = _post(client, data)
+    assert response.status_code == 400
+    assert response.json()["detail"]["supported_schema_versions"] == [1]
+
+
+def test_oversized_body_is_413(client: TestClient) -> None:
+    response = client.post(
+        "/v1/reports", content=b"{" + b" " * (300 * 1024) + b"}", headers=auth(AGENT)
+    )
+    assert response.status_code == 413
+
+
+def test_samples_for_unknown_topology_is_412(client: TestClient, clock: WallClock) -> None:
+    orphan = samples_report(topology_report(AGENT, at=clock.now), at=clock.now, sequence=2)
+    assert _post(client, orphan).status_code == 412
+
+
+def test_database_down_is_503_with_retry_after(
+    settings: OptimizerSettings, clock: WallClock
+) -> None:
+    dead = make_engine("postgresql+psycopg://127.0.0.1:1/test", connect_args={"connect_timeout": 2})
+    app = create_app(
+        settings,
+        authenticator=TokensFile.load(settings.tokens_file),  # type: ignore[arg-type]
+        engine=dead,
+        clock=clock,
+        migrate_on_start=False,
+        prune_in_background=False,
+    )
+    with TestClient(app) as client:
+        response = _post(client, topology_report(AGENT, at=clock.now))
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == str(settings.retry_after_s)
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/healthz").status_code == 200
+
+
+def test_readyz_needs_a_migrated_schema(settings: OptimizerSettings, tmp_path: Any) -> None:
+    app = create_app(
+        settings,
+        authenticator=None,
+        engine=make_engine(f"sqlite:///{tmp_path / 'empty.db'}"),
+        migrate_on_start=False,
+        prune_in_background=False,
+    )
+    with TestClient(app) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert "db upgrade" in response.json()["reason"]
+
+
+def test_readyz_reports_the_revision(client: TestClient) -> None:
+    assert client.get("/readyz").json() == {"status": "ready", "schema_revision": "0001"}
+
+
+def test_metrics_pass_promtool(client: TestClient, clock: WallClock) -> None:
+    _post(client, topology_report(AGENT, at=clock.now))
+    client.post("/v1/reports", content=b"{}", headers=auth(AGENT))
+    text = client.get("/metrics").text
+    assert 'stowage_optimizer_reports_total{outcome="stored"} 1.0' in text
+    assert 'stowage_optimizer_reports_total{outcome="invalid"} 1.0' in text
+    assert 'stowage_cluster_gpus{model="NVIDIA H100 80GB HBM3",state="free"} 8.0' in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package 'prometheus')")
+    done = subprocess.run(
+        [promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_openapi_documents_the_report_body(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/reports"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/NodeReport"
+    }
+    assert "GpuSample" in spec["components"]["schemas"]
+    assert client.get("/docs").status_code == 200
