@@ -16,15 +16,20 @@ DEFAULT_POOL = "default"
 
 @dataclass(frozen=True)
 class GpuState:
-    """What the summary needs of one GPU."""
+    """``count`` GPUs of one node in the same state (the store groups them in SQL).
+
+    ``allocated``: running at least one process; ``busy``: utilisation at or above the idle
+    threshold (or unknown); ``power_w`` and ``energy_j`` are the group's sums.
+    """
 
     node_name: str
     pool: str | None
     node_last_seen: datetime
     product: str
     health: str
-    util_ratio: float | None
-    process_count: int | None
+    allocated: bool
+    busy: bool
+    count: int
     power_w: float | None
     energy_j: float | None
 
@@ -69,7 +74,6 @@ def summarize(
     *,
     now: datetime,
     stale_after: timedelta,
-    idle_util_ratio: float,
     request_shapes: Sequence[int],
 ) -> Summary:
     """Counts by model and pool over fresh nodes; stale nodes are listed, not counted."""
@@ -88,20 +92,20 @@ def summarize(
             summary.by_model.setdefault(gpu.product, Counts()),
             summary.by_pool.setdefault(gpu.pool or DEFAULT_POOL, Counts()),
         )
-        allocated = bool(gpu.process_count)
+        n = gpu.count
         healthy = gpu.health == "ok"
         for counts in groups:
-            counts.total += 1
+            counts.total += n
             if not healthy:
-                counts.unhealthy += 1
-            elif allocated:
-                counts.allocated += 1
-                if gpu.util_ratio is not None and gpu.util_ratio < idle_util_ratio:
-                    counts.allocated_idle += 1
+                counts.unhealthy += n
+            elif gpu.allocated:
+                counts.allocated += n
+                if not gpu.busy:
+                    counts.allocated_idle += n
             else:
-                counts.free += 1
-        if healthy and not allocated:
-            free_by_node[gpu.node_name] += 1
+                counts.free += n
+        if healthy and not gpu.allocated:
+            free_by_node[gpu.node_name] += n
         summary.power_w += gpu.power_w or 0.0
         summary.energy_j += gpu.energy_j or 0.0
     summary.nodes = len(seen)

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from optimizer.api import cluster, gpus, health, nodes, reports
 from optimizer.api.state import ApiMetrics, AppState
 from optimizer.auth import Authenticator
+from optimizer.ingest import IngestQueue
 from optimizer.settings import OptimizerSettings
 from optimizer.store import migrate
 from optimizer.store.engine import make_engine, make_session_factory
@@ -54,14 +55,22 @@ def create_app(
     """
     engine = engine or make_engine(settings.database_url)
     registry = CollectorRegistry()
+    sessions = make_session_factory(engine)
+    metrics = ApiMetrics(registry)
+
+    def observe(seconds_per_report: float, reports: int) -> None:
+        metrics.ingest_seconds.observe(seconds_per_report)
+        metrics.batch_size.observe(reports)
+
     state = AppState(
         settings=settings,
         engine=engine,
-        sessions=make_session_factory(engine),
+        sessions=sessions,
         authenticator=authenticator,
         clock=clock,
         registry=registry,
-        metrics=ApiMetrics(registry),
+        metrics=metrics,
+        ingest=IngestQueue(sessions=sessions, clock=clock, observe=observe),
     )
     registry.register(health.ClusterCollector(state))
     if migrate_on_start is None:
@@ -71,12 +80,14 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if migrate_on_start:
             await run_in_threadpool(migrate.upgrade, engine)
+        state.ingest.start()
         task = asyncio.create_task(_prune_forever(state)) if prune_in_background else None
         try:
             yield
         finally:
             if task is not None:
                 task.cancel()
+            await run_in_threadpool(state.ingest.stop)
 
     app = FastAPI(
         title="Stowage optimizer",

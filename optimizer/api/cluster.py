@@ -36,10 +36,9 @@ def summary(
         else state.settings.request_shapes
     )
     result = summarize(
-        gpu_states(session),
+        gpu_states(session, idle_util_ratio=state.settings.idle_util_ratio),
         now=state.clock(),
         stale_after=timedelta(seconds=state.settings.stale_after_s),
-        idle_util_ratio=state.settings.idle_util_ratio,
         request_shapes=request_shapes or state.settings.request_shapes,
     )
     return asdict(result)

@@ -73,14 +73,13 @@ class ClusterCollector(Collector):
         state = self.state
         try:
             with state.sessions() as session:
-                rows = gpu_states(session)
+                rows = gpu_states(session, idle_util_ratio=state.settings.idle_util_ratio)
         except SQLAlchemyError:
             return
         summary = summarize(
             rows,
             now=state.clock(),
             stale_after=timedelta(seconds=state.settings.stale_after_s),
-            idle_util_ratio=state.settings.idle_util_ratio,
             request_shapes=state.settings.request_shapes,
         )
         gpus = GaugeMetricFamily(

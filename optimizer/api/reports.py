@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -10,10 +9,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from optimizer.api.deps import AgentOrAdmin, StateDep, _refuse
-from optimizer.api.state import AppState
 from optimizer.auth import Role
-from optimizer.store.reports import IngestResult, TopologyUnknownError, ingest_report
-from shared.report import SUPPORTED_SCHEMA_VERSIONS, NodeReport
+from optimizer.ingest import IngestOverloadedError, ReportNotStorableError
+from optimizer.store.reports import TopologyUnknownError
+from shared.report import SUPPORTED_SCHEMA_VERSIONS
 from shared.schema import ReportError, parse_report
 
 router = APIRouter(tags=["reports"])
@@ -38,14 +37,6 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise HTTPException(413, f"request body over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _store(state: AppState, report: NodeReport) -> IngestResult:
-    started = time.perf_counter()
-    with state.sessions.begin() as session:
-        result = ingest_report(session, report, received_at=state.clock())
-    state.metrics.ingest_seconds.observe(time.perf_counter() - started)
-    return result
 
 
 @router.post(
@@ -92,10 +83,18 @@ async def post_report(request: Request, state: StateDep, principal: AgentOrAdmin
         )
         raise HTTPException(403, reason)
     try:
-        result = await run_in_threadpool(_store, state, report)
+        result = await state.ingest.submit(report)
     except TopologyUnknownError as error:
         state.metrics.reports.labels(outcome="topology_unknown").inc()
         raise HTTPException(412, str(error)) from None
+    except ReportNotStorableError as error:
+        state.metrics.reports.labels(outcome="not_storable").inc()
+        raise HTTPException(422, f"the database refused this report: {error}") from None
+    except IngestOverloadedError:
+        state.metrics.reports.labels(outcome="overloaded").inc()
+        raise HTTPException(
+            503, "ingest queue full", headers={"Retry-After": str(state.settings.retry_after_s)}
+        ) from None
     outcome = "stored" if result.stored else "duplicate"
     state.metrics.reports.labels(outcome=outcome).inc()
     return JSONResponse(

@@ -17,12 +17,19 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # SQLAlchemy, not the sqlite3 module, issues BEGIN: SAVEPOINTs then work
+            # (SQLAlchemy's documented recipe for pysqlite).
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             if not url.endswith(":memory:") and url != "sqlite://":
                 cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN")
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, defer
 
 from optimizer.store.models import AuditEntry, Gpu, GpuLinkRow, Node, Rollup, Sample
 from optimizer.store.reports import ROLLUP_LEVELS, bucket_start
@@ -32,7 +32,7 @@ class GpuRow:
     numa_node: int | None
     health: str
     clique: str | None
-    info: dict[str, Any]
+    info: dict[str, Any] | None  # None in listings, which do not read it
     latest_at: datetime | None
     util_ratio: float | None
     memory_used_bytes: int | None
@@ -61,7 +61,7 @@ class NodeRow:
     links: tuple[dict[str, Any], ...]
 
 
-def _gpu_row(gpu: Gpu) -> GpuRow:
+def _gpu_row(gpu: Gpu, *, detail: bool = True) -> GpuRow:
     return GpuRow(
         uuid=gpu.uuid,
         node_name=gpu.node_name,
@@ -72,7 +72,7 @@ def _gpu_row(gpu: Gpu) -> GpuRow:
         numa_node=gpu.numa_node,
         health=gpu.health,
         clique=gpu.clique,
-        info=gpu.info,
+        info=gpu.info if detail else None,
         latest_at=gpu.latest_at,
         util_ratio=gpu.latest_util_ratio,
         memory_used_bytes=gpu.latest_memory_used_bytes,
@@ -80,23 +80,25 @@ def _gpu_row(gpu: Gpu) -> GpuRow:
         energy_j=gpu.latest_energy_j,
         temperature_c=gpu.latest_temperature_c,
         process_count=gpu.latest_process_count,
-        latest_sample=gpu.latest_sample,
+        latest_sample=gpu.latest_sample if detail else None,
     )
 
 
-def _node_row(node: Node, gpus: Sequence[Gpu], links: Sequence[GpuLinkRow]) -> NodeRow:
+def _node_row(
+    node: Node, gpus: Sequence[Gpu], links: Sequence[GpuLinkRow], *, detail: bool = True
+) -> NodeRow:
     return NodeRow(
         name=node.name,
         agent_version=node.agent_version,
         driver_version=node.driver_version,
         cuda_version=node.cuda_version,
         pool=node.pool,
-        host=node.host,
+        host=node.host if detail else None,
         first_seen=node.first_seen,
         last_seen=node.last_seen,
         last_collected_at=node.last_collected_at,
         last_sequence=node.last_sequence,
-        gpus=tuple(_gpu_row(g) for g in sorted(gpus, key=lambda g: g.index)),
+        gpus=tuple(_gpu_row(g, detail=detail) for g in sorted(gpus, key=lambda g: g.index)),
         links=tuple(
             {
                 "gpu_a": lk.gpu_a,
@@ -122,17 +124,19 @@ def get_node(session: Session, name: str) -> NodeRow | None:
 
 
 def list_nodes(session: Session, *, with_links: bool = False) -> list[NodeRow]:
-    """Every node with its GPUs (links only when asked: they are the bulk)."""
-    nodes = session.scalars(select(Node).order_by(Node.name)).all()
+    """Every node with its GPUs' facts and latest readings (no full GPU info, no links
+    unless asked: they are the bulk)."""
+    nodes = session.scalars(select(Node).options(defer(Node.host)).order_by(Node.name)).all()
     gpus_by_node: dict[str, list[Gpu]] = {}
-    for gpu in session.scalars(select(Gpu)):
+    for gpu in session.scalars(select(Gpu).options(defer(Gpu.info), defer(Gpu.latest_sample))):
         gpus_by_node.setdefault(gpu.node_name, []).append(gpu)
     links_by_node: dict[str, list[GpuLinkRow]] = {}
     if with_links:
         for link in session.scalars(select(GpuLinkRow)):
             links_by_node.setdefault(link.node_name, []).append(link)
     return [
-        _node_row(n, gpus_by_node.get(n.name, []), links_by_node.get(n.name, [])) for n in nodes
+        _node_row(n, gpus_by_node.get(n.name, []), links_by_node.get(n.name, []), detail=False)
+        for n in nodes
     ]
 
 
@@ -281,19 +285,39 @@ def audit_entries(session: Session, *, limit: int = 100) -> list[dict[str, Any]]
     ]
 
 
-def gpu_states(session: Session) -> list[GpuState]:
-    """One light row per GPU for the cluster summary (no JSON columns are read)."""
+def gpu_states(session: Session, *, idle_util_ratio: float) -> list[GpuState]:
+    """GPUs grouped per node by model, health, allocation and activity, counted in SQL."""
+    nodes = {
+        name: (pool, last_seen)
+        for name, pool, last_seen in session.execute(select(Node.name, Node.pool, Node.last_seen))
+    }
+    allocated = func.coalesce(Gpu.latest_process_count, 0) > 0
+    busy = func.coalesce(Gpu.latest_util_ratio, 1.0) >= idle_util_ratio
     rows = session.execute(
         select(
             Gpu.node_name,
-            Node.pool,
-            Node.last_seen,
             Gpu.product,
             Gpu.health,
-            Gpu.latest_util_ratio,
-            Gpu.latest_process_count,
-            Gpu.latest_power_w,
-            Gpu.latest_energy_j,
-        ).join(Node, Node.name == Gpu.node_name)
+            allocated,
+            busy,
+            func.count(),
+            func.sum(Gpu.latest_power_w),
+            func.sum(Gpu.latest_energy_j),
+        ).group_by(Gpu.node_name, Gpu.product, Gpu.health, allocated, busy)
     )
-    return [GpuState(*row) for row in rows]
+    return [
+        GpuState(
+            node_name=name,
+            pool=nodes[name][0],
+            node_last_seen=nodes[name][1],
+            product=product,
+            health=health,
+            allocated=bool(is_allocated),
+            busy=bool(is_busy),
+            count=int(count),
+            power_w=power,
+            energy_j=energy,
+        )
+        for name, product, health, is_allocated, is_busy, count, power, energy in rows
+        if name in nodes
+    ]

@@ -1,0 +1,174 @@
+"""Group commit for report ingest: one writer thread, one transaction per batch.
+
+Every request's report goes onto a queue; one writer takes whatever is waiting (up to
+``max_batch``), stores each report inside its own SAVEPOINT of one transaction and commits
+once. A report that fails (unknown topology, bad data) rolls back only its savepoint; the
+others are committed. Requests are answered only after the commit, so an acknowledged
+report is durable; if the commit fails, every report of the batch gets the error and none
+is stored. One writer also means SQLite never busy-waits on its own lock, and PostgreSQL
+does one commit (one WAL flush) per batch instead of per report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+import structlog
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from optimizer.store.reports import IngestResult, TopologyUnknownError, ingest_report
+from shared.report import NodeReport
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MAX_BATCH: Final = 64
+
+
+class IngestOverloadedError(RuntimeError):
+    """The ingest queue is full; the caller should retry later."""
+
+
+class ReportNotStorableError(ValueError):
+    """The database refused this report's rows (it never reaches the others' transaction)."""
+
+
+@dataclass
+class _Item:
+    report: NodeReport
+    future: asyncio.Future[IngestResult]
+    loop: asyncio.AbstractEventLoop
+
+
+def _resolve(item: _Item, result: IngestResult | None, error: BaseException | None) -> None:
+    def settle() -> None:
+        if item.future.done():
+            return
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)  # type: ignore[arg-type]
+
+    item.loop.call_soon_threadsafe(settle)
+
+
+class IngestQueue:
+    """The single writer. Start it with :meth:`start`, stop it with :meth:`stop`.
+
+    Args:
+        sessions: the session factory.
+        clock: UTC now (the receive time stored with each report).
+        observe: called with (seconds per report, batch size) after each commit.
+        max_batch: most reports per transaction.
+        max_queue: reports waiting before :class:`IngestOverloadedError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        clock: Callable[[], datetime],
+        observe: Callable[[float, int], None] = lambda _s, _n: None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int = 10_000,
+    ) -> None:
+        self.sessions = sessions
+        self.clock = clock
+        self.observe = observe
+        self.max_batch = max_batch
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="stowage-ingest", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Write what is queued, then stop."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    async def submit(self, report: NodeReport) -> IngestResult:
+        """Store ``report``; returns after its batch committed.
+
+        Raises:
+            IngestOverloadedError: the queue is full.
+            TopologyUnknownError: samples for a topology the store lacks.
+            ReportNotStorableError: the database refused the report's rows.
+            SQLAlchemyError: the database failed the batch (nothing was stored).
+        """
+        loop = asyncio.get_running_loop()
+        item = _Item(report=report, future=loop.create_future(), loop=loop)
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            raise IngestOverloadedError("ingest queue full") from None
+        return await item.future
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._write(batch)
+            if stop:
+                return
+
+    def _write(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        outcomes: list[tuple[_Item, IngestResult | None, BaseException | None]] = []
+        try:
+            with self.sessions.begin() as session:
+                received_at = self.clock()
+                for item in batch:
+                    try:
+                        with session.begin_nested():
+                            result = ingest_report(session, item.report, received_at=received_at)
+                        outcomes.append((item, result, None))
+                    except TopologyUnknownError as error:
+                        outcomes.append((item, None, error))
+                    except (OperationalError, DBAPIError) as error:
+                        if error.connection_invalidated or isinstance(error, OperationalError):
+                            raise  # the database itself failed: the whole batch fails
+                        log.error(
+                            "report_not_storable",
+                            node=item.report.node_name,
+                            error=type(error).__name__,
+                        )
+                        outcomes.append((item, None, ReportNotStorableError(type(error).__name__)))
+        except SQLAlchemyError as error:
+            log.error("ingest_batch_failed", reports=len(batch), error=type(error).__name__)
+            for item in batch:
+                _resolve(item, None, error)
+            return
+        except Exception as error:  # never leave a request waiting forever
+            log.exception("ingest_batch_crashed", reports=len(batch))
+            for item in batch:
+                _resolve(item, None, error)
+            return
+        elapsed = time.perf_counter() - started
+        self.observe(elapsed / len(batch), len(batch))
+        for done, outcome, failure in outcomes:
+            _resolve(done, outcome, failure)
