@@ -1,24 +1,45 @@
 """``stowage demo``: the whole story on a simulated cluster, end to end.
 
-Each simulated node is a real server design (a shipped device profile) run by the real agent
-code over a fake NVML, a fake host filesystem and a fake kubelet: the agent discovers its
-GPUs, NVLink/PCIe wiring and NUMA layout, samples them, attributes GPU processes to pods and
-builds a ``NodeReport``. The reports cross the wire as JSON; the optimizer side parses and
-validates them, derives each node's topology and free GPUs, and refuses a corrupted report
-with the offending field path. Each later capability (store, planner, controller) adds its
-chapter here.
+1. Each simulated node is a real server design (a shipped device profile) run by the real
+   agent code over a fake NVML, a fake host filesystem and a fake kubelet: the agent
+   discovers its GPUs, NVLink/PCIe wiring and NUMA layout, samples them, attributes GPU
+   processes to pods and builds a ``NodeReport``.
+2. A real optimizer (``create_app`` under uvicorn, SQLite, bearer tokens) runs on loopback;
+   every agent's reporter delivers its topology and then a samples report over HTTP, and an
+   agent that tries to report for another node is refused (and audited).
+3. The optimizer's API answers with each node's topology, health and free GPUs and with the
+   cluster summary; a corrupted report is refused with the offending field path.
+
+Each later capability (planner, controller, forecasts) adds its chapter here.
 """
 
 from __future__ import annotations
 
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import uvicorn
+import yaml
 
 from agent.collector import Collector
 from agent.fake.machine import FakeMachine
 from agent.nvml import Nvml
 from agent.pods import PodAttributor
 from agent.profile import load_profile
+from agent.reporter import Reporter
+from optimizer.api.app import create_app
+from optimizer.auth import TokensFile
+from optimizer.settings import OptimizerSettings
 from shared.report import GpuHealth, NodeReport
 from shared.schema import ReportError, parse_report
 from shared.topology import LinkMatrix, best_connected_gpus, gpus_by_numa_node, nvlink_islands
@@ -65,6 +86,10 @@ class DemoResult:
 
     nodes: tuple[NodeSummary, ...]
     rejected: ReportError
+    reports_acknowledged: int
+    forged_status: int
+    cluster: dict[str, Any]  # GET /v1/cluster/summary
+    api_nodes: int  # nodes GET /v1/nodes lists as ready
 
 
 def agent_report(node_name: str, profile_name: str, *, at_s: float = DEMO_TIME_S) -> NodeReport:
@@ -127,23 +152,99 @@ def summarize(report: NodeReport, *, wire_bytes: int) -> NodeSummary:
     )
 
 
+@contextmanager
+def running_optimizer(tokens: dict[str, tuple[str, str]]) -> Iterator[str]:
+    """A real optimizer on a free loopback port with a fresh SQLite database; yields its URL."""
+    with tempfile.TemporaryDirectory(prefix="stowage-demo-") as folder:
+        tokens_file = Path(folder) / "tokens.yaml"
+        tokens_file.write_text(
+            yaml.safe_dump([{"token": t, "subject": s, "role": r} for t, (s, r) in tokens.items()])
+        )
+        settings = OptimizerSettings(
+            database_url=f"sqlite:///{Path(folder) / 'stowage.db'}", tokens_file=tokens_file
+        )
+        app = create_app(settings, authenticator=TokensFile.load(tokens_file))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the demo optimizer did not start")
+            time.sleep(0.02)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+
+
 def run_demo() -> DemoResult:
-    """Every simulated node's agent report over the wire, then a corrupted one refused."""
-    summaries = []
-    first_wire = ""
-    for node_name, profile_name in SIMULATED_CLUSTER:
-        sent = agent_report(node_name, profile_name)
-        wire = sent.model_dump_json()
-        received = parse_report(wire)
-        if received != sent:
-            raise RuntimeError(f"node={node_name} report changed on the wire")
-        summaries.append(summarize(received, wire_bytes=len(wire)))
-        first_wire = first_wire or wire
-    corrupted = first_wire.replace('"gpu_b":1,', '"gpu_b":99,', 1)
+    """Agents report to a real optimizer; its API answers; a corrupted report is refused."""
+    reports = [agent_report(node, profile) for node, profile in SIMULATED_CLUSTER]
+    tokens = {secrets.token_urlsafe(24): (r.node_name, "agent") for r in reports}
+    reader = secrets.token_urlsafe(24)
+    tokens[reader] = ("demo-sre", "reader")
+    token_of = {subject: token for token, (subject, _) in tokens.items()}
+    acknowledged = 0
+    with running_optimizer(tokens) as url, tempfile.TemporaryDirectory() as folder:
+        for report in reports:
+            token_file = Path(folder) / f"{report.node_name}.token"
+            token_file.write_text(token_of[report.node_name])
+            reporter = Reporter(url=url, token_file=token_file)
+            later = report.model_copy(
+                update={
+                    "sequence": report.sequence + 1,
+                    "collected_at": report.collected_at + timedelta(seconds=10),
+                }
+            )
+            for each in (report, later):  # the topology, then a samples-only report
+                reporter.submit(each)
+            acknowledged += reporter.flush()
+            reporter.close()
+        headers = {"Authorization": f"Bearer {reader}"}
+        with httpx.Client(base_url=url, timeout=30) as client:
+            forged = client.post(
+                "/v1/reports",
+                content=reports[1].model_dump_json(),
+                headers={"Authorization": f"Bearer {token_of[reports[0].node_name]}"},
+            )
+            cluster = client.get("/v1/cluster/summary", headers=headers).json()
+            listed = client.get("/v1/nodes", headers=headers).json()["items"]
+            summaries = []
+            for report in reports:
+                detail = client.get(f"/v1/nodes/{report.node_name}", headers=headers)
+                stored = parse_report(_report_from_node(detail.json(), report))
+                summaries.append(summarize(stored, wire_bytes=len(report.model_dump_json())))
+    corrupted = reports[0].model_dump_json().replace('"gpu_b":1,', '"gpu_b":99,', 1)
     try:
         parse_report(corrupted)
     except ReportError as error:
         rejected = error
     else:
         raise RuntimeError("a report linking a missing GPU was accepted")
-    return DemoResult(nodes=tuple(summaries), rejected=rejected)
+    return DemoResult(
+        nodes=tuple(summaries),
+        rejected=rejected,
+        reports_acknowledged=acknowledged,
+        forged_status=forged.status_code,
+        cluster=cluster,
+        api_nodes=sum(1 for n in listed if n["status"] == "ready"),
+    )
+
+
+def _report_from_node(node: dict[str, Any], sent: NodeReport) -> str:
+    """Rebuild a report from what the optimizer's API says about a node.
+
+    The summary is then derived from the optimizer's stored view, not from the agent's copy.
+    """
+    gpus = [gpu["info"] for gpu in node["gpus"]]
+    samples = [gpu["latest_sample"] for gpu in node["gpus"] if gpu["latest_sample"]]
+    data = sent.model_dump(mode="json")
+    data.update(host=node["host"], gpus=gpus, links=node["links"], samples=samples)
+    return NodeReport.model_validate(data).model_dump_json()

@@ -97,11 +97,17 @@ def _compact(indices: tuple[int, ...]) -> str:
 def _print_demo(result: DemoResult, console: Console) -> None:
     console.rule("[bold]Stowage demo: a simulated GPU cluster[/bold]")
     console.print(
-        "Each node runs the real Stowage agent over a simulated NVML, host and kubelet,\n"
-        "built from a real server design. Its NodeReport crosses the wire as JSON; the\n"
-        "optimizer validates it and derives topology, health, pods and free GPUs.\n"
+        "Each node runs the real Stowage agent over a simulated NVML, host and kubelet, built\n"
+        "from a real server design. The agents report over HTTP to a real optimizer (SQLite,\n"
+        "bearer tokens); everything below is read back from the optimizer's API.\n"
     )
-    table = Table(title="What the optimizer learned from each node's report")
+    console.print(
+        f"{result.reports_acknowledged} reports acknowledged (topology, then samples); "
+        f"{result.api_nodes} nodes ready in GET /v1/nodes.\n"
+        f"An agent reporting for another node was refused with HTTP {result.forged_status} "
+        "and audited.\n"
+    )
+    table = Table(title="What the optimizer knows about each node")
     columns = ("node", "GPUs", "NVLink islands", "NUMA", "health", "pods", "free", "best free pair")
     for column in columns:
         table.add_column(column)
@@ -124,12 +130,24 @@ def _print_demo(result: DemoResult, console: Console) -> None:
             pair,
         )
     console.print(table)
-    total_gpus = sum(n.gpu_count for n in result.nodes)
-    total_bytes = sum(n.wire_bytes for n in result.nodes)
-    power = sum(n.power_w for n in result.nodes)
+    cluster = result.cluster
+    models = Table(title="GET /v1/cluster/summary")
+    for column in ("GPU model", "total", "allocated", "allocated but idle", "free", "unhealthy"):
+        models.add_column(column)
+    for model, counts in sorted(cluster["by_model"].items()):
+        models.add_row(
+            model,
+            *(
+                str(counts[k])
+                for k in ("total", "allocated", "allocated_idle", "free", "unhealthy")
+            ),
+        )
+    console.print(models)
+    shapes = "/".join(str(s) for s in cluster["request_shapes"])
     console.print(
-        f"{len(result.nodes)} nodes, {total_gpus} GPUs drawing {power:,.0f} W; "
-        f"{total_bytes:,} bytes of reports round-tripped through JSON unchanged."
+        f"{cluster['nodes']} nodes, {cluster['gpus']['total']} GPUs drawing "
+        f"{cluster['power_w']:,.0f} W; {cluster['fragmented_gpus']} free GPUs no "
+        f"{shapes}-GPU request can use."
     )
     console.print("A corrupted report (a link to GPU 99) was refused:")
     for problem in result.rejected.problems:

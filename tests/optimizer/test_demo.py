@@ -1,4 +1,4 @@
-"""The demo's findings are derived from the agents' reports, not printed from constants."""
+"""The demo's findings come from real agents and a real optimizer, not from constants."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from optimizer.demo import SIMULATED_CLUSTER, agent_report, run_demo, summarize
 from shared.report import GpuHealth
 
 
-def test_demo_covers_the_whole_simulated_cluster() -> None:
+def test_demo_tells_the_whole_story() -> None:
     result = run_demo()
     assert [n.node_name for n in result.nodes] == [name for name, _ in SIMULATED_CLUSTER]
+    assert result.reports_acknowledged == 2 * len(SIMULATED_CLUSTER)
+    assert result.forged_status == 403
+    assert result.api_nodes == len(SIMULATED_CLUSTER)
     by_name = {n.node_name: n for n in result.nodes}
     h100 = by_name["gpu-h100-a"]
     assert h100.pods == ("ml/llama-pretrain-0", "research/eval-sweep-7")
@@ -17,6 +20,12 @@ def test_demo_covers_the_whole_simulated_cluster() -> None:
     assert by_name["gpu-a100-a"].unhealthy == {6: GpuHealth.LOST}
     assert (6,) in by_name["gpu-a100-a"].islands
     assert by_name["gpu-l40s-a"].islands == tuple((i,) for i in range(8))
+    cluster = result.cluster
+    assert cluster["gpus"]["total"] == 44
+    assert cluster["gpus"]["unhealthy"] == 1
+    assert cluster["gpus"]["allocated_idle"] == 1  # serving/embedder-3 holds GPU 5, idle
+    free = sum(len(n.free_gpus) for n in result.nodes)
+    assert cluster["gpus"]["free"] == free
     assert [str(p) for p in result.rejected.problems] == [
         "links.0.gpu_b: GPU index 99 is not in gpus"
     ]
@@ -27,4 +36,5 @@ def test_free_gpus_follow_time_and_health() -> None:
     late = summarize(agent_report("n1", "dgx-a100", at_s=200.0), wire_bytes=1)
     assert early.unhealthy == {}
     assert late.unhealthy == {6: GpuHealth.LOST}
+    assert 6 in early.free_gpus
     assert 6 not in late.free_gpus

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -138,3 +140,56 @@ def test_killing_the_optimizer_loses_no_acknowledged_report(
         stored = sorted(session.scalars(select(ReportReceipt.sequence)))
     engine.dispose()
     assert stored == list(range(1, 21))
+
+
+def test_tls_when_a_certificate_is_configured(tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not installed (needed to make a test certificate)")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = Optimizer(tmp_path / "tls.db")
+    server.env.update(STOWAGE_TLS_CERT_FILE=str(cert), STOWAGE_TLS_KEY_FILE=str(key))
+    server.process = subprocess.Popen(
+        [str(BIN / "stowage-optimizer"), "serve", "--port", str(server.port)],
+        env=server.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                trusted = ssl.create_default_context(cafile=str(cert))
+                response = httpx.get(f"https://127.0.0.1:{server.port}/healthz", verify=trusted)
+                break
+            except httpx.ConnectError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert response.status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{server.port}/healthz", timeout=2)
+    finally:
+        server.stop()

@@ -1,0 +1,79 @@
+"""Group commit: a batch commits together, a bad report fails alone, a dead database fails all."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from optimizer.ingest import IngestOverloadedError, IngestQueue
+from optimizer.store.engine import make_engine, make_session_factory
+from optimizer.store.models import ReportReceipt, Sample
+from optimizer.store.reports import TopologyUnknownError
+from tests.optimizer.reports import samples_report, topology_report
+
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+
+def _count(engine: Engine, model: type) -> int:
+    with Session(engine) as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_one_batch_one_bad_report(engine: Engine) -> None:
+    batches: list[int] = []
+    writer = IngestQueue(
+        sessions=make_session_factory(engine),
+        clock=lambda: T0,
+        observe=lambda _s, n: batches.append(n),
+    )
+    good = [topology_report(f"gpu-node-{i}", at=T0) for i in range(3)]
+    orphan = samples_report(topology_report("gpu-node-9", at=T0), at=T0, sequence=4)
+
+    async def scenario() -> list[object]:
+        tasks = [asyncio.ensure_future(writer.submit(r)) for r in [good[0], orphan, *good[1:]]]
+        await asyncio.sleep(0)  # all four are queued before the writer starts
+        writer.start()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    writer.stop()
+    assert batches == [4]  # one transaction for all of them
+    assert isinstance(results[1], TopologyUnknownError)
+    assert [r.stored for r in (results[0], results[2], results[3])] == [True] * 3  # type: ignore[union-attr]
+    assert _count(engine, ReportReceipt) == 3
+    assert _count(engine, Sample) == 24
+
+
+def test_a_failed_commit_fails_every_report_and_stores_nothing(tmp_path: object) -> None:
+    dead = make_engine("postgresql+psycopg://127.0.0.1:1/test", connect_args={"connect_timeout": 2})
+    writer = IngestQueue(sessions=make_session_factory(dead), clock=lambda: T0)
+    writer.start()
+
+    async def scenario() -> list[object]:
+        reports = [topology_report(f"gpu-node-{i}", at=T0) for i in range(2)]
+        return await asyncio.gather(*(writer.submit(r) for r in reports), return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    writer.stop()
+    assert all(isinstance(r, OperationalError) for r in results)
+
+
+def test_a_full_queue_refuses_at_once(engine: Engine) -> None:
+    writer = IngestQueue(sessions=make_session_factory(engine), clock=lambda: T0, max_queue=1)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(writer.submit(topology_report("gpu-node-1", at=T0)))
+        await asyncio.sleep(0)
+        with pytest.raises(IngestOverloadedError):
+            await writer.submit(topology_report("gpu-node-2", at=T0))
+        writer.start()
+        await first
+
+    asyncio.run(scenario())
+    writer.stop()
+    assert _count(engine, ReportReceipt) == 1
