@@ -13,7 +13,7 @@ from typing import Final
 
 import psutil
 
-from agent.profile import parse_cpu_list
+from shared.ranges import parse_cpu_list
 from shared.report import HostInfo, NumaNode, normalize_pci_bus_id
 
 _NODE_DIR: Final = re.compile(r"^node(\d+)$")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Final, Literal, Self
@@ -19,6 +18,7 @@ from typing import Annotated, Final, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.ranges import parse_cpu_list
 from shared.report import GpuArchitecture, PcieLevel
 from shared.schema import problems_from
 from shared.units import GIB
@@ -27,39 +27,14 @@ PROFILE_PACKAGE: Final = "agent.profiles"
 _NV_CELL: Final = re.compile(r"^NV(\d+)$")
 
 
+def nvlinks_in_cell(cell: str) -> int:
+    """The NVLink count of an ``nvidia-smi topo -m`` cell (``NV12`` -> 12, others -> 0)."""
+    match = _NV_CELL.match(cell)
+    return int(match[1]) if match else 0
+
+
 class ProfileError(ValueError):
     """A profile that cannot be used; the message names the file and the field."""
-
-
-def parse_cpu_list(text: str) -> list[int]:
-    """Linux CPU list syntax (``0-3,8,10-11`` or ``4,6,8``) to sorted CPU ids.
-
-    Raises:
-        ValueError: the text is not a CPU list.
-    """
-    cpus: set[int] = set()
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        low, dash, high = part.partition("-")
-        if not low.isdigit() or (dash and not high.isdigit()):
-            raise ValueError(f"not a CPU list: {text!r}")
-        start, end = int(low), int(high) if dash else int(low)
-        if end < start:
-            raise ValueError(f"descending CPU range {part!r} in {text!r}")
-        cpus.update(range(start, end + 1))
-    return sorted(cpus)
-
-
-def format_cpu_list(cpus: Sequence[int]) -> str:
-    """Sorted CPU ids to Linux CPU list syntax (``0-3,8``)."""
-    runs: list[list[int]] = []
-    for cpu in sorted(set(cpus)):
-        if runs and cpu == runs[-1][-1] + 1:
-            runs[-1].append(cpu)
-        else:
-            runs.append([cpu])
-    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 class _Model(BaseModel):
@@ -226,8 +201,7 @@ class Profile(_Model):
 
     def nvlinks(self, a: int, b: int) -> int:
         """NVLinks between GPUs ``a`` and ``b`` as the topology matrix says."""
-        match = _NV_CELL.match(self.topology[a].split()[b])
-        return int(match[1]) if match else 0
+        return nvlinks_in_cell(self.topology[a].split()[b])
 
     def pcie_level(self, a: int, b: int) -> PcieLevel | None:
         """The PCIe level between ``a`` and ``b``, or None where the profile does not say."""

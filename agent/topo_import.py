@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from agent.profile import GpuEntry, GpuSpec, NumaNodeSpec, Profile, format_cpu_list, parse_cpu_list
+from agent.profile import GpuEntry, GpuSpec, NumaNodeSpec, Profile, nvlinks_in_cell
+from shared.ranges import format_cpu_list, parse_cpu_list
 
 _GPU_NAME: Final = re.compile(r"^GPU(\d+)$")
 _HEADER_SPLIT: Final = re.compile(r"\t+|\s{2,}")
-_NV_CELL: Final = re.compile(r"^NV(\d+)$")
 _EXTRA_COLUMNS: Final = ("CPU Affinity", "NUMA Affinity", "GPU NUMA ID")
 _NOT_AVAILABLE: Final = {"N/A", "n/a", ""}
 
@@ -106,7 +106,7 @@ def profile_from_topo(
     """
     topo = parse_topo(text)
     n = topo.gpu_count
-    nv_counts = {_nv(topo.cells[a][b]) for a in range(n) for b in range(n) if a != b}
+    nv_counts = {nvlinks_in_cell(topo.cells[a][b]) for a in range(n) for b in range(n) if a != b}
     switch_links = None
     if n >= 3 and len(nv_counts) == 1 and (only := next(iter(nv_counts))) > 0:
         switch_links = only
@@ -143,11 +143,6 @@ def profile_from_topo(
         ],
         topology=[" ".join(row) for row in topo.cells],
     )
-
-
-def _nv(cell: str) -> int:
-    match = _NV_CELL.match(cell)
-    return int(match[1]) if match else 0
 
 
 def _cpus(value: str | None) -> tuple[int, ...] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shared.ranges import format_cpu_list
 from shared.report import NodeReport, PcieLevel
 from shared.topology import best_connected_gpus, gpus_by_numa_node, nvlink_islands
 
@@ -13,16 +14,6 @@ _TOPO_CODE = {
     PcieLevel.NODE: "NODE",
     PcieLevel.SYSTEM: "SYS",
 }
-
-
-def _cpu_ranges(cpus: list[int]) -> str:
-    runs: list[list[int]] = []
-    for cpu in cpus:
-        if runs and cpu == runs[-1][-1] + 1:
-            runs[-1].append(cpu)
-        else:
-            runs.append([cpu])
-    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) or "N/A"
 
 
 def render_table(report: NodeReport) -> str:
@@ -43,7 +34,7 @@ def render_table(report: NodeReport) -> str:
             else:
                 row.append("?")
         numa = "N/A" if a.numa_node is None else str(a.numa_node)
-        row += [_cpu_ranges(a.cpu_affinity), numa, a.health.value]
+        row += [(format_cpu_list(a.cpu_affinity) or "N/A"), numa, a.health.value]
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from agent.fake.machine import FakeMachine
 from agent.nvml import Nvml
 from agent.pods import PodAttributor
 from agent.profile import load_profile
+from tests.conftest import free_port
 
 CYCLES = 300
 
@@ -74,16 +74,10 @@ def cycle_times() -> tuple[float, float]:
     return statistics.median(ours), statistics.median(raw)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def footprint(duration_s: float) -> tuple[float, float, float]:
     """(CPU share of one core, peak RSS MiB, baseline RSS MiB) of a running agent."""
     agent_bin = str(Path(sys.executable).parent / "stowage-agent")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             agent_bin,

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from shared.samples import DGX_H100, build_report
+from tests.conftest import free_port
 
 NODES = 2000
 RATES = (200, 250, 300, 400, 600, 800)
@@ -44,12 +44,6 @@ POSTGRES_ADMIN = os.environ.get(
 )
 BIN = Path(sys.executable).parent
 T0 = datetime(2026, 11, 29, 0, 0, tzinfo=UTC)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pin(cpu: int) -> None:
@@ -77,7 +71,7 @@ def _database(backend: str, folder: Path) -> Iterator[str]:
 
 @contextmanager
 def _server(url: str, tokens: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "STOWAGE_DATABASE_URL": url, "STOWAGE_TOKENS_FILE": str(tokens)}
     subprocess.run(
         [str(BIN / "stowage-optimizer"), "db", "upgrade"], env=env, check=True, capture_output=True

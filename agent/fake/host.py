@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.profile import Profile, parse_cpu_list
+from agent.profile import Profile
+from shared.ranges import parse_cpu_list
 from shared.units import GIB
 
 KIB = 1024

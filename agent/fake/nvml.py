@@ -16,7 +16,8 @@ from typing import Any, Final, NoReturn
 
 import pynvml
 
-from agent.profile import Profile, parse_cpu_list
+from agent.profile import Profile
+from shared.ranges import parse_cpu_list
 from shared.report import GpuArchitecture
 
 _ARCH_TO_NVML: Final = {

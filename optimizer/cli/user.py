@@ -12,6 +12,7 @@ from rich.table import Table
 
 from agent.logs import configure_logging
 from optimizer.demo import DemoResult, run_demo
+from shared.ranges import format_cpu_list
 from shared.schema import ReportError, parse_report, report_json_schema
 from shared.topology import best_connected_gpus, gpus_by_numa_node, nvlink_islands
 from shared.version import __version__
@@ -83,17 +84,6 @@ def _read_or_exit(path: Path) -> str:
         raise typer.Exit(2) from None
 
 
-def _compact(indices: tuple[int, ...]) -> str:
-    """``(0, 1, 2, 3, 6)`` -> ``"0-3,6"``."""
-    runs: list[list[int]] = []
-    for i in sorted(indices):
-        if runs and i == runs[-1][-1] + 1:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
-
-
 def _print_demo(result: DemoResult, console: Console) -> None:
     console.rule("[bold]Stowage demo: a simulated GPU cluster[/bold]")
     console.print(
@@ -112,21 +102,23 @@ def _print_demo(result: DemoResult, console: Console) -> None:
     for column in columns:
         table.add_column(column)
     for node in result.nodes:
-        numa = " ".join(f"{n}:{_compact(g)}" for n, g in sorted(node.numa_groups.items(), key=str))
+        numa = " ".join(
+            f"{n}:{format_cpu_list(g)}" for n, g in sorted(node.numa_groups.items(), key=str)
+        )
         health = ", ".join(f"GPU{i} {h.value}" for i, h in node.unhealthy.items()) or "ok"
         pair = (
-            f"{_compact(node.best_free_pair)} ({node.best_pair_nvlinks} NVLinks)"
+            f"{format_cpu_list(node.best_free_pair)} ({node.best_pair_nvlinks} NVLinks)"
             if node.best_free_pair
             else "none"
         )
         table.add_row(
             node.node_name,
             f"{node.gpu_count} x {node.product}",
-            " ".join("{" + _compact(i) + "}" for i in node.islands),
+            " ".join("{" + format_cpu_list(i) + "}" for i in node.islands),
             numa,
             health,
             "\n".join(node.pods) or "-",
-            _compact(node.free_gpus) or "-",
+            format_cpu_list(node.free_gpus) or "-",
             pair,
         )
     console.print(table)

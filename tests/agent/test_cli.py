@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from agent.profile import ProfileError, load_profile, parse_profile
 from agent.runner import AgentRunner
 from agent.settings import AgentSettings
 from tests.agent.fake_optimizer import FakeOptimizer
-from tests.conftest import shared_data_path
+from tests.conftest import free_port, shared_data_path
 
 runner = CliRunner()
 
@@ -139,15 +138,9 @@ def test_invalid_setting_is_refused_by_name() -> None:
     assert "interval_s" in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_runner_serves_metrics_and_reports_while_running() -> None:
     optimizer = FakeOptimizer()
-    port = _free_port()
+    port = free_port()
     settings = AgentSettings(
         node_name="gpu-7",
         optimizer_url=optimizer.url,

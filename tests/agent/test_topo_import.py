@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.profile import parse_cpu_list
 from agent.topo_import import TopoParseError, parse_topo, profile_from_topo
+from shared.ranges import parse_cpu_list
 from shared.report import PcieLevel
 from tests.agent.helpers import fake_collector
 from tests.conftest import SHARED_DATA, shared_data_path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -23,21 +22,16 @@ from agent.reporter import Reporter
 from optimizer.store.engine import make_engine
 from optimizer.store.models import ReportReceipt
 from tests.agent.helpers import ManualClock, fake_collector
+from tests.conftest import free_port
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Optimizer:
     """``stowage-optimizer serve`` on a SQLite file, started and killed at will."""
 
     def __init__(self, database: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.env = {
             **os.environ,
             "STOWAGE_AUTH": "none",
