@@ -66,6 +66,7 @@ class IngestQueue:
         sessions: the session factory.
         clock: UTC now (the receive time stored with each report).
         observe: called with (seconds per report, batch size) after each commit.
+        pool_of: a node's pool from its name (settings' ``pools``).
         max_batch: most reports per transaction.
         max_queue: reports waiting before :class:`IngestOverloadedError`.
     """
@@ -76,12 +77,14 @@ class IngestQueue:
         sessions: sessionmaker[Session],
         clock: Callable[[], datetime],
         observe: Callable[[float, int], None] = lambda _s, _n: None,
+        pool_of: Callable[[str], str | None] = lambda _node: None,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int = 10_000,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
         self.observe = observe
+        self.pool_of = pool_of
         self.max_batch = max_batch
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=max_queue)
         self._thread: threading.Thread | None = None
@@ -145,7 +148,12 @@ class IngestQueue:
                 for item in batch:
                     try:
                         with session.begin_nested():
-                            result = ingest_report(session, item.report, received_at=received_at)
+                            result = ingest_report(
+                                session,
+                                item.report,
+                                received_at=received_at,
+                                pool=self.pool_of(item.report.node_name),
+                            )
                         outcomes.append((item, result, None))
                     except TopologyUnknownError as error:
                         outcomes.append((item, None, error))

@@ -8,6 +8,7 @@ optimizer at start with the setting's name.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -18,6 +19,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from shared.labels import label_value_errors
 
 DEFAULT_DATABASE_URL = "sqlite:///stowage.db"
 
@@ -93,6 +96,11 @@ class OptimizerSettings(BaseSettings):
     idle_util_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
         default=0.05, description="A GPU below this utilisation with no process is idle."
     )
+    pools: dict[str, str] = Field(
+        default_factory=dict,
+        description="Pool name -> regular expression on node names; the first match names a "
+        "node's pool (JSON object in the environment, a mapping in the YAML file).",
+    )
     request_shapes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
         default=[8, 4, 2],
         description="GPUs per pod of the request shapes used to count fragmented GPUs.",
@@ -115,6 +123,25 @@ class OptimizerSettings(BaseSettings):
         if not value.startswith(("sqlite://", "postgresql")):
             raise ValueError("must be a sqlite:// or postgresql:// SQLAlchemy URL")
         return value
+
+    @field_validator("pools")
+    @classmethod
+    def _pools_valid(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, pattern in value.items():
+            if errors := label_value_errors(name) or ([] if name else ["must not be empty"]):
+                raise ValueError(f"pool name {name!r}: {'; '.join(errors)}")
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"pool {name!r}: bad regular expression: {error}") from None
+        return value
+
+    def pool_of(self, node_name: str) -> str | None:
+        """The first pool whose expression matches ``node_name`` entirely, or None."""
+        for name, pattern in self.pools.items():
+            if re.fullmatch(pattern, node_name):
+                return name
+        return None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

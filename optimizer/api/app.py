@@ -70,7 +70,9 @@ def create_app(
         clock=clock,
         registry=registry,
         metrics=metrics,
-        ingest=IngestQueue(sessions=sessions, clock=clock, observe=observe),
+        ingest=IngestQueue(
+            sessions=sessions, clock=clock, observe=observe, pool_of=settings.pool_of
+        ),
     )
     registry.register(health.ClusterCollector(state))
     if migrate_on_start is None:

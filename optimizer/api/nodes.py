@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Query
 
 from optimizer.api.deps import Reader, SessionDep, StateDep
 from optimizer.store.queries import GpuRow, NodeRow, get_node, list_nodes
@@ -60,14 +60,29 @@ def node_view(
 
 
 @router.get("/v1/nodes")
-def nodes(session: SessionDep, state: StateDep, _: Reader) -> dict[str, Any]:
-    """Every node with its GPUs, health, latest sample and last-seen age."""
+def nodes(
+    session: SessionDep,
+    state: StateDep,
+    _: Reader,
+    limit: Annotated[int, Query(ge=1, le=5000, description="Nodes per page.")] = 500,
+    continue_: Annotated[
+        str | None,
+        Query(alias="continue", max_length=253, description="From the previous page."),
+    ] = None,
+) -> dict[str, Any]:
+    """Nodes in name order with their GPUs, health, latest sample and last-seen age.
+
+    Paged like Kubernetes lists: pass the previous page's ``continue`` to get the next; it
+    is null on the last page.
+    """
     now = state.clock()
     stale = state.settings.stale_after_s
+    page = list_nodes(session, after=continue_, limit=limit + 1)
+    more = len(page) > limit
+    page = page[:limit]
     return {
-        "items": [
-            node_view(n, now=now, stale_after_s=stale, detail=False) for n in list_nodes(session)
-        ]
+        "items": [node_view(n, now=now, stale_after_s=stale, detail=False) for n in page],
+        "continue": page[-1].name if more else None,
     }
 
 

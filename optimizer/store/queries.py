@@ -123,21 +123,25 @@ def get_node(session: Session, name: str) -> NodeRow | None:
     return _node_row(node, gpus, links)
 
 
-def list_nodes(session: Session, *, with_links: bool = False) -> list[NodeRow]:
-    """Every node with its GPUs' facts and latest readings (no full GPU info, no links
-    unless asked: they are the bulk)."""
-    nodes = session.scalars(select(Node).options(defer(Node.host)).order_by(Node.name)).all()
+def list_nodes(
+    session: Session, *, after: str | None = None, limit: int | None = None
+) -> list[NodeRow]:
+    """Nodes in name order with their GPUs' facts and latest readings (no full GPU info, no
+    links: they are the bulk). ``after`` and ``limit`` page through them."""
+    query = select(Node).options(defer(Node.host)).order_by(Node.name)
+    if after is not None:
+        query = query.where(Node.name > after)
+    if limit is not None:
+        query = query.limit(limit)
+    nodes = session.scalars(query).all()
+    names = [n.name for n in nodes]
     gpus_by_node: dict[str, list[Gpu]] = {}
-    for gpu in session.scalars(select(Gpu).options(defer(Gpu.info), defer(Gpu.latest_sample))):
+    gpus = select(Gpu).options(defer(Gpu.info), defer(Gpu.latest_sample))
+    if after is not None or limit is not None:
+        gpus = gpus.where(Gpu.node_name.in_(names))
+    for gpu in session.scalars(gpus):
         gpus_by_node.setdefault(gpu.node_name, []).append(gpu)
-    links_by_node: dict[str, list[GpuLinkRow]] = {}
-    if with_links:
-        for link in session.scalars(select(GpuLinkRow)):
-            links_by_node.setdefault(link.node_name, []).append(link)
-    return [
-        _node_row(n, gpus_by_node.get(n.name, []), links_by_node.get(n.name, []), detail=False)
-        for n in nodes
-    ]
+    return [_node_row(n, gpus_by_node.get(n.name, []), [], detail=False) for n in nodes]
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,10 @@ def bucket_start(at: datetime, size: timedelta) -> datetime:
     return _EPOCH + timedelta(seconds=offset)
 
 
-def ingest_report(session: Session, report: NodeReport, *, received_at: datetime) -> IngestResult:
-    """Store ``report`` in the caller's transaction.
+def ingest_report(
+    session: Session, report: NodeReport, *, received_at: datetime, pool: str | None = None
+) -> IngestResult:
+    """Store ``report`` in the caller's transaction; ``pool`` is the node's configured pool.
 
     Raises:
         TopologyUnknownError: a samples report for an unknown node or GPU (the agent must
@@ -115,6 +117,7 @@ def ingest_report(session: Session, report: NodeReport, *, received_at: datetime
         node.last_sequence = report.sequence
         node.agent_version = report.agent_version
     node.last_seen = max(node.last_seen, received_at)
+    node.pool = pool
     session.flush()
     _store_samples(session, report)
     return IngestResult(stored=True, topology_changed=changed, samples=len(report.samples))

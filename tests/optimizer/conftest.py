@@ -122,6 +122,7 @@ def settings(tokens_file: Path, tmp_path: Path) -> OptimizerSettings:
         tokens_file=tokens_file,
         stale_after_s=60,
         max_body_bytes=256 * 1024,
+        pools={"train": "gpu-node-1"},
     )
 
 

@@ -81,6 +81,8 @@ def test_cluster_summary_counts_and_fragmentation(client: TestClient, clock: Wal
     )
     summary = client.get("/v1/cluster/summary", headers=auth("sre@example.com")).json()
     assert summary["nodes"] == 2
+    assert summary["by_pool"]["train"]["total"] == 8  # gpu-node-1 matches the train pool
+    assert summary["by_pool"]["default"]["total"] == 8
     assert summary["gpus"] == {
         "total": 16,
         "allocated": 3,
@@ -249,3 +251,18 @@ def test_openapi_documents_the_report_body(client: TestClient) -> None:
     }
     assert "GpuSample" in spec["components"]["schemas"]
     assert client.get("/docs").status_code == 200
+
+
+def test_nodes_are_paged(client: TestClient, clock: WallClock) -> None:
+    for i in (1, 2):
+        _post(client, topology_report(f"gpu-node-{i}", at=clock.now), who=f"gpu-node-{i}")
+    reader = auth("sre@example.com")
+    first = client.get("/v1/nodes", params={"limit": 1}, headers=reader).json()
+    assert [n["name"] for n in first["items"]] == ["gpu-node-1"]
+    assert first["continue"] == "gpu-node-1"
+    second = client.get(
+        "/v1/nodes", params={"limit": 1, "continue": first["continue"]}, headers=reader
+    ).json()
+    assert [n["name"] for n in second["items"]] == ["gpu-node-2"]
+    assert second["items"][0]["gpu_count"] == 8
+    assert second["continue"] is None

@@ -63,3 +63,21 @@ def test_db_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert after.exit_code == 0
     assert after.stdout.startswith("0001")
     assert runner.invoke(app, ["db", "prune"]).exit_code == 0
+
+
+def test_pools_name_nodes_by_pattern(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOWAGE_POOLS", '{"train": "gpu-h100-.*", "infer": "gpu-(l40s|a10)-.*"}')
+    settings = OptimizerSettings(auth="none")
+    assert settings.pool_of("gpu-h100-7") == "train"
+    assert settings.pool_of("gpu-l40s-1") == "infer"
+    assert settings.pool_of("cpu-1") is None
+
+
+@pytest.mark.parametrize(
+    ("pools", "fragment"),
+    [('{"bad name": ".*"}', "pool name"), ('{"train": "("}', "bad regular expression")],
+)
+def test_bad_pools_are_refused(monkeypatch: pytest.MonkeyPatch, pools: str, fragment: str) -> None:
+    monkeypatch.setenv("STOWAGE_POOLS", pools)
+    with pytest.raises(ValueError, match=fragment):
+        OptimizerSettings(auth="none")
