@@ -32,6 +32,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.contract
 	$(BIN)/python -m bench.agent
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.fill --write
 
 # Regenerate the kubelet PodResources stubs from agent/podresources/api.proto.
 podresources: $(STAMP)

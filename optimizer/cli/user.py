@@ -1,7 +1,9 @@
 """``stowage``: the user-facing command line (schema, report checks, the demo; more to come)."""
 
+import dataclasses
 import json
 import logging
+import statistics
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -68,6 +70,58 @@ def check(
     for k in (2, 4):
         best = best_connected_gpus(k=k, candidates=indices, links=report.links, numa_of=numa_of)
         typer.echo(f"  best-connected {k} GPUs: {best}")
+
+
+simulate_app = typer.Typer(help="Trace-driven simulations of the planner.", no_args_is_help=True)
+app.add_typer(simulate_app, name="simulate")
+
+
+def _seed_range(text: str) -> list[int]:
+    low, dash, high = text.partition("-")
+    if not low.isdigit() or (dash and not high.isdigit()):
+        raise typer.BadParameter("a seed or a range like 42-51")
+    return list(range(int(low), int(high if dash else low) + 1))
+
+
+@simulate_app.command("fill")
+def simulate_fill(
+    nodes: Annotated[Path, typer.Option(help="openb node list CSV.")],
+    pods: Annotated[Path, typer.Option(help="openb pod list CSV.")],
+    policy: Annotated[str, typer.Option(help="Placement policy.")] = "fgd",
+    tune: Annotated[float, typer.Option(help="Arrived GPU request / capacity.")] = 1.3,
+    seed: Annotated[int, typer.Option(help="Seed of one run.")] = 42,
+    seeds: Annotated[str | None, typer.Option(help="Several runs, e.g. 42-51.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
+) -> None:
+    """The FGD paper's fill experiment: allocation and fragmentation at 0-130% arrived."""
+    from optimizer.planner.policies import POLICIES
+    from optimizer.simulate.fill import fill, load_nodes, load_pods
+
+    if policy not in POLICIES:
+        raise typer.BadParameter(f"unknown policy; known: {', '.join(sorted(POLICIES))}")
+    node_list, pod_list = load_nodes(nodes), load_pods(pods)
+    runs = [
+        fill(node_list, pod_list, policy=policy, tune=tune, seed=s)
+        for s in (_seed_range(seeds) if seeds else [seed])
+    ]
+    if as_json:
+        for run in runs:
+            data = dataclasses.asdict(run)
+            data.pop("pods")
+            typer.echo(json.dumps(data))
+        return
+    for run in runs:
+        typer.echo(
+            f"policy={run.policy} seed={run.seed} alloc@{int(tune * 100)}%="
+            f"{run.alloc_pct[-1]:.2f} frag={run.frag_pct[-1]:.2f} failed_pods={run.failed_pods}"
+            f"/{run.pods} elapsed_s={run.elapsed_s:.1f}"
+        )
+    if len(runs) > 1:
+        finals = [r.alloc_pct[-1] for r in runs]
+        typer.echo(
+            f"mean alloc {statistics.mean(finals):.2f}% (stdev {statistics.stdev(finals):.2f}) "
+            f"over {len(runs)} seeds"
+        )
 
 
 @app.command()

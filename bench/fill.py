@@ -1,0 +1,172 @@
+"""Every policy on every openb trace with published results, against the FGD paper's figures.
+
+Run: ``.venv/bin/python -m bench.fill [--seeds 42-51] [--workers 2] [--write]``.
+
+For each trace in ``../shared/traces/alibaba-gpu-2023/csv`` that has reference results and
+each policy, the fill experiment runs over the seeds (tune 1.3); the table gives the mean GPU
+allocation ratio at 130% arrived next to the published mean of the same seeds
+(``fgd-expected-results/analysis_allo_discrete.csv``, column ``130``), and the mean seconds
+per run. ``--write`` replaces the fill section of docs/benchmarks.md and draws
+docs/fill-default.png (allocation and fragmentation curves on the default trace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Final
+
+from optimizer.simulate.fill import FillResult, fill, load_nodes, load_pods
+
+TRACES: Final = Path(__file__).resolve().parents[2] / "shared/traces/alibaba-gpu-2023"
+DOCS: Final = Path(__file__).resolve().parents[1] / "docs"
+#: Our policy names and the reference simulator's.
+REFERENCE_NAMES: Final = {
+    "random": "01-Random",
+    "dotprod": "02-DotProd",
+    "gpu-clustering": "03-GpuClustering",
+    "gpu-packing": "04-GpuPacking",
+    "bestfit": "05-BestFit",
+    "fgd": "06-FGD",
+}
+POLICIES: Final = (*REFERENCE_NAMES, "kube-default")
+BEGIN: Final = "<!-- fill-benchmark:begin -->"
+END: Final = "<!-- fill-benchmark:end -->"
+
+
+def references() -> dict[tuple[str, str], list[list[float]]]:
+    """(trace, reference policy) -> per-seed allocation curves (0..130)."""
+    table: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
+    path = TRACES / "fgd-expected-results/analysis_allo_discrete.csv"
+    with path.open() as handle:
+        for row in csv.DictReader(handle):
+            trace = row["workload"].removeprefix("openb_pod_list_")
+            table[(trace, row["sc_policy"])].append([float(row[str(k)]) for k in range(131)])
+    return table
+
+
+def _run(job: tuple[str, str, int]) -> tuple[str, str, FillResult]:
+    trace, policy, seed = job
+    nodes = load_nodes(TRACES / "csv/openb_node_list_gpu_node.csv")
+    pods = load_pods(TRACES / f"csv/openb_pod_list_{trace}.csv")
+    return trace, policy, fill(nodes, pods, policy=policy, tune=1.3, seed=seed)
+
+
+def _seeds(text: str) -> list[int]:
+    low, _, high = text.partition("-")
+    return list(range(int(low), int(high or low) + 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", default="42-51")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    refs = references()
+    traces = sorted({t for t, _ in refs})
+    jobs = [(t, p, s) for t in traces for p in POLICIES for s in _seeds(args.seeds)]
+    results: dict[tuple[str, str], list[FillResult]] = defaultdict(list)
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for trace, policy, result in pool.map(_run, jobs):
+            results[(trace, policy)].append(result)
+    lines = [
+        f"Command: `.venv/bin/python -m bench.fill --seeds {args.seeds} --workers "
+        f"{args.workers} --write`. Machine: {platform.machine()}, Python "
+        f"{platform.python_version()}. Cells: our mean allocation at 130% arrived (published "
+        "mean, difference); seeds " + args.seeds + ".",
+        "",
+        "| trace | " + " | ".join(POLICIES) + " |",
+        "|---|" + "---:|" * len(POLICIES),
+    ]
+    for trace in traces:
+        cells = []
+        for policy in POLICIES:
+            ours = statistics.mean(r.alloc_pct[130] for r in results[(trace, policy)])
+            ref_name = REFERENCE_NAMES.get(policy)
+            published = refs.get((trace, ref_name or ""), [])
+            if published:
+                theirs = statistics.mean(curve[130] for curve in published)
+                cells.append(f"{ours:.2f} ({theirs:.2f}, {ours - theirs:+.2f})")
+            else:
+                cells.append(f"{ours:.2f}")
+        lines.append(f"| {trace} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "Mean seconds per run: "
+        + ", ".join(
+            f"{p} {statistics.mean(r.elapsed_s for t in traces for r in results[(t, p)]):.1f}"
+            for p in POLICIES
+        )
+        + "."
+    )
+    report = "\n".join(lines)
+    print(report)
+    if args.write:
+        _write_docs(report)
+        _plot(results, refs)
+
+
+def _write_docs(report: str) -> None:
+    path = DOCS / "benchmarks.md"
+    text = path.read_text()
+    block = f"{BEGIN}\n{report}\n\n![fill on the default trace](fill-default.png)\n{END}"
+    if BEGIN in text:
+        head, _, rest = text.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        text = head + block + tail
+    else:
+        text += (
+            "\n## Planner: the FGD fill experiment on the Alibaba openb traces\n\n" + block + "\n"
+        )
+    path.write_text(text)
+
+
+def _plot(
+    results: dict[tuple[str, str], list[FillResult]],
+    refs: dict[tuple[str, str], list[list[float]]],
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (alloc, frag) = plt.subplots(1, 2, figsize=(12, 4.5))
+    x = list(range(131))
+    for policy in POLICIES:
+        runs = results[("default", policy)]
+        alloc.plot(x, [statistics.mean(r.alloc_pct[k] for r in runs) for k in x], label=policy)
+        frag.plot(x, [statistics.mean(r.frag_pct[k] for r in runs) for k in x], label=policy)
+    for policy in ("bestfit", "fgd"):
+        curves = refs[("default", REFERENCE_NAMES[policy])]
+        alloc.plot(
+            x,
+            [statistics.mean(c[k] for c in curves) for k in x],
+            "--",
+            label=f"{policy} (published)",
+        )
+    alloc.set(
+        xlabel="arrived GPU request (% of capacity)",
+        ylabel="GPU allocation (%)",
+        title="default trace: allocation",
+        xlim=(80, 130),
+        ylim=(80, 100),
+    )
+    frag.set(
+        xlabel="arrived GPU request (% of capacity)",
+        ylabel="fragmented GPUs (%)",
+        title="default trace: fragmentation",
+    )
+    alloc.legend(fontsize=7)
+    frag.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(DOCS / "fill-default.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The planner's view of a cluster: per-node CPU, memory and per-GPU free milli-GPU.
+
+Arrays, not objects, because every policy scores every node for every pod. Row ``i`` is the
+``i``-th node in name order, so "lowest index" is "lexicographically smallest name", the
+tie-break the FGD experiments use. GPUs a node does not have are marked by ``gpu_present``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.units import MILLI_GPU_PER_GPU
+
+FULL: Final = MILLI_GPU_PER_GPU
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node's capacity."""
+
+    name: str
+    cpu_milli: int
+    memory_mib: int
+    gpus: int
+    model: str
+
+
+@dataclass(frozen=True)
+class PodRequest:
+    """What one pod asks for: CPU, memory, and none, a share of one, or whole GPUs."""
+
+    name: str
+    cpu_milli: int
+    memory_mib: int
+    num_gpu: int
+    gpu_milli: int  # per GPU; < 1000 only with num_gpu == 1 (a GPU share)
+    gpu_models: frozenset[str] = frozenset()  # empty: any model
+
+    @property
+    def is_share(self) -> bool:
+        """A fraction of one GPU."""
+        return self.num_gpu == 1 and self.gpu_milli < FULL
+
+    @property
+    def gpu_request_milli(self) -> int:
+        """Total milli-GPU requested."""
+        return self.num_gpu * self.gpu_milli
+
+
+@dataclass
+class ClusterState:
+    """Free resources of every node; the simulator mutates it through :meth:`allocate`."""
+
+    names: list[str]
+    models: list[str]  # model name by model id
+    model_id: IntArray
+    cpu_total: IntArray
+    cpu_free: IntArray
+    memory_free: IntArray
+    gpu_free: IntArray  # (nodes, max GPUs), milli; 0 where absent
+    gpu_present: BoolArray
+    kinds: IntArray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+
+    @classmethod
+    def from_nodes(cls, nodes: Sequence[NodeSpec]) -> ClusterState:
+        """An empty cluster of ``nodes`` (sorted by name)."""
+        ordered = sorted(nodes, key=lambda n: n.name)
+        models = sorted({n.model for n in ordered})
+        width = max((n.gpus for n in ordered), default=0) or 1
+        present = np.zeros((len(ordered), width), dtype=np.bool_)
+        for i, node in enumerate(ordered):
+            present[i, : node.gpus] = True
+        return cls(
+            names=[n.name for n in ordered],
+            models=models,
+            model_id=np.array([models.index(n.model) for n in ordered], dtype=np.int64),
+            cpu_total=np.array([n.cpu_milli for n in ordered], dtype=np.int64),
+            cpu_free=np.array([n.cpu_milli for n in ordered], dtype=np.int64),
+            memory_free=np.array([n.memory_mib for n in ordered], dtype=np.int64),
+            gpu_free=np.where(present, FULL, 0).astype(np.int64),
+            gpu_present=present,
+            kinds=np.zeros((len(ordered), 3), dtype=np.int64),
+        )
+
+    @property
+    def total_gpu_milli(self) -> int:
+        """The cluster's GPU capacity in milli-GPU."""
+        return int(self.gpu_present.sum()) * FULL
+
+    @property
+    def allocated_gpu_milli(self) -> int:
+        """Milli-GPU in use."""
+        return self.total_gpu_milli - int(self.gpu_free.sum())
+
+    def model_mask(self, pod: PodRequest) -> BoolArray:
+        """Nodes whose GPU model the pod accepts."""
+        if not pod.gpu_models:
+            return np.ones(len(self.names), dtype=np.bool_)
+        allowed = [i for i, m in enumerate(self.models) if m in pod.gpu_models]
+        return np.asarray(np.isin(self.model_id, allowed), dtype=np.bool_)
+
+    def feasible(self, pod: PodRequest) -> BoolArray:
+        """Nodes that can host ``pod`` now."""
+        ok = (self.cpu_free >= pod.cpu_milli) & (self.memory_free >= pod.memory_mib)
+        if pod.num_gpu == 0:
+            return ok
+        ok &= self.model_mask(pod)
+        if pod.is_share:
+            gpu_ok = (self.gpu_free >= pod.gpu_milli).any(axis=1)
+        else:
+            gpu_ok = (self.gpu_free == FULL).sum(axis=1) >= pod.num_gpu
+        return np.asarray(ok & gpu_ok, dtype=np.bool_)
+
+    def allocate(self, node: int, gpus: Sequence[int], pod: PodRequest) -> None:
+        """Take ``pod``'s resources on ``node``: ``gpu_milli`` from each of ``gpus``."""
+        self.cpu_free[node] -= pod.cpu_milli
+        self.memory_free[node] -= pod.memory_mib
+        for gpu in gpus:
+            if self.gpu_free[node, gpu] < pod.gpu_milli:
+                raise ValueError(f"GPU {gpu} of node {self.names[node]} is over-allocated")
+            self.gpu_free[node, gpu] -= pod.gpu_milli
+        self.kinds[node, kind_of(pod)] += 1
+        if self.cpu_free[node] < 0 or self.memory_free[node] < 0:
+            raise ValueError(f"node {self.names[node]} is over-allocated")
+
+
+def kind_of(pod: PodRequest) -> int:
+    """0: CPU only, 1: a GPU share, 2: whole GPUs (GPU clustering groups by these)."""
+    if pod.num_gpu == 0:
+        return 0
+    return 1 if pod.is_share else 2

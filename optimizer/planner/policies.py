@@ -1,0 +1,250 @@
+"""Placement policies for single pods, selectable by name, all on the same engine.
+
+Each policy scores the feasible nodes for one pod; scores are integers 0-100 min-max
+normalised across the feasible nodes, the highest wins and ties go to the lexicographically
+smallest node name (the lowest row), as in the FGD paper's simulator. A policy also picks the
+GPUs inside the chosen node. Policies are pure: they read the state and a per-run context and
+return a :class:`Placement`; the caller applies it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import numpy as np
+
+from optimizer.planner.cluster import FULL, ClusterState, IntArray, PodRequest, kind_of
+from optimizer.planner.fragmentation import FloatArray, FragmentationModel
+
+#: The largest node in the FGD experiments (milli-CPU, milli-GPU), used to normalise.
+MAX_CPU_MILLI: Final = 128_000
+MAX_GPU_MILLI: Final = 8 * FULL
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A pod's node (row) and the GPUs it gets there."""
+
+    node: int
+    gpus: tuple[int, ...]
+
+
+@dataclass
+class PlanContext:
+    """Per-run scratch shared by policy calls (never stored on a policy)."""
+
+    rng: np.random.Generator
+    fragmentation: FragmentationModel | None = None
+    node_frag: FloatArray | None = None  # F per node, kept current by note_placed()
+
+    def note_placed(self, state: ClusterState, node: int) -> None:
+        """Refresh cached per-node values after a placement on ``node``."""
+        if self.fragmentation is not None and self.node_frag is not None:
+            self.node_frag[node] = self.fragmentation.frag(
+                state.cpu_free[node : node + 1],
+                state.gpu_free[node : node + 1],
+                state.model_id[node : node + 1],
+            )[0]
+
+
+class Policy(Protocol):
+    """Chooses a node and GPUs for one pod, or None when no node can host it."""
+
+    def __call__(
+        self, state: ClusterState, pod: PodRequest, ctx: PlanContext
+    ) -> Placement | None: ...
+
+
+def pick_highest(scores: IntArray, candidates: IntArray) -> int:
+    """Min-max normalise integer ``scores`` of ``candidates`` to 0-100 and return the row of
+    the highest, the lowest row on ties."""
+    low, high = scores.min(), scores.max()
+    normalised = (scores - low) * 100 // (high - low) if high > low else np.full_like(scores, 100)
+    return int(candidates[int(np.argmax(normalised))])
+
+
+def tightest_gpu(state: ClusterState, node: int, pod: PodRequest) -> tuple[int, ...]:
+    """Default GPU choice: a share goes to the GPU it fills best; whole GPUs are the
+    lowest-numbered fully free ones."""
+    free = state.gpu_free[node]
+    if pod.num_gpu == 0:
+        return ()
+    if pod.is_share:
+        room = np.where(free >= pod.gpu_milli, free, np.iinfo(np.int64).max)
+        return (int(np.argmin(room)),)
+    return tuple(int(g) for g in np.flatnonzero(free == FULL)[: pod.num_gpu])
+
+
+def _with(
+    score: Callable[[ClusterState, PodRequest, IntArray], IntArray],
+) -> Policy:
+    """A policy from a scoring function over the feasible rows (GPUs: :func:`tightest_gpu`)."""
+
+    def policy(state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Placement | None:
+        candidates = np.flatnonzero(state.feasible(pod))
+        if len(candidates) == 0:
+            return None
+        node = pick_highest(score(state, pod, candidates), candidates)
+        return Placement(node, tightest_gpu(state, node, pod))
+
+    return policy
+
+
+def _ints(values: Any) -> IntArray:
+    return np.asarray(values, dtype=np.int64)
+
+
+def _bestfit(state: ClusterState, pod: PodRequest, rows: IntArray) -> IntArray:
+    cpu_left = (state.cpu_free[rows] - pod.cpu_milli) / MAX_CPU_MILLI
+    gpu_left = (state.gpu_free[rows].sum(axis=1) - pod.gpu_request_milli) / MAX_GPU_MILLI
+    return _ints((1 - (0.5 * cpu_left + 0.5 * gpu_left)) * 100)
+
+
+def _dotprod(state: ClusterState, pod: PodRequest, rows: IntArray) -> IntArray:
+    cpu = (state.cpu_free[rows] / MAX_CPU_MILLI) * (pod.cpu_milli / MAX_CPU_MILLI)
+    if pod.is_share:
+        free = state.gpu_free[rows]
+        per_gpu = np.where(free >= pod.gpu_milli, free, np.inf) / MAX_GPU_MILLI
+        gpu = per_gpu.min(axis=1) * (pod.gpu_milli / MAX_GPU_MILLI)
+    else:
+        gpu = (state.gpu_free[rows].sum(axis=1) / MAX_GPU_MILLI) * (
+            pod.gpu_request_milli / MAX_GPU_MILLI
+        )
+    return _ints((1 - (cpu + gpu) / 2) * 100)
+
+
+def _gpu_packing(state: ClusterState, pod: PodRequest, rows: IntArray) -> IntArray:
+    free = state.gpu_free[rows]
+    present = state.gpu_present[rows]
+    full = (free == FULL).sum(axis=1)
+    used = (present & (free < FULL)).any(axis=1)
+    width = state.gpu_free.shape[1]
+    fewer_full = (width - full) * 10 // max(width, 1)
+    score = np.where(used, 40 + fewer_full, 20 + fewer_full)
+    if pod.is_share:
+        partial = present & (free < FULL) & (free >= pod.gpu_milli)
+        tightest = np.where(partial, free, FULL).min(axis=1)
+        score = np.where(partial.any(axis=1), 60 + (FULL - tightest) * 40 // FULL, score)
+    return _ints(score)
+
+
+def _gpu_clustering(state: ClusterState, pod: PodRequest, rows: IntArray) -> IntArray:
+    kinds = state.kinds[rows]
+    gpu_kinds = kinds[:, 1:] > 0
+    fuller = (MAX_GPU_MILLI - state.gpu_free[rows].sum(axis=1)) * 20 // MAX_GPU_MILLI
+    if pod.num_gpu == 0:
+        return _ints(fuller)
+    mine = kind_of(pod) - 1
+    other = 1 - mine
+    exclusive = gpu_kinds[:, mine] & ~gpu_kinds[:, other]
+    mixed = gpu_kinds[:, mine] & gpu_kinds[:, other]
+    idle = ~gpu_kinds.any(axis=1)
+    tier = np.select([exclusive, mixed, idle], [80, 60, 40], default=20)
+    return _ints(tier + fuller)
+
+
+def _kube_default(state: ClusterState, pod: PodRequest, rows: IntArray) -> IntArray:
+    cpu_left = (state.cpu_free[rows] - pod.cpu_milli) / np.maximum(state.cpu_total[rows], 1)
+    capacity = np.maximum(state.gpu_present[rows].sum(axis=1) * FULL, 1)
+    gpu_left = (state.gpu_free[rows].sum(axis=1) - pod.gpu_request_milli) / capacity
+    return _ints((cpu_left + gpu_left) / 2 * 100)
+
+
+def random_policy(state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Placement | None:
+    """A uniformly random feasible node."""
+    candidates = np.flatnonzero(state.feasible(pod))
+    if len(candidates) == 0:
+        return None
+    node = int(ctx.rng.choice(candidates))
+    return Placement(node, tightest_gpu(state, node, pod))
+
+
+def fgd_policy(state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Placement | None:
+    """Fragmentation gradient descent: the node (and GPU) where F grows least."""
+    return _fragmentation_descent(state, pod, ctx, tie_break=False)
+
+
+def _fragmentation_descent(
+    state: ClusterState, pod: PodRequest, ctx: PlanContext, *, tie_break: bool
+) -> Placement | None:
+    model = ctx.fragmentation
+    if model is None or ctx.node_frag is None:
+        raise ValueError("fragmentation policies need PlanContext.fragmentation")
+    candidates = np.flatnonzero(state.feasible(pod))
+    if len(candidates) == 0:
+        return None
+    cpu_after = state.cpu_free[candidates] - pod.cpu_milli
+    free = state.gpu_free[candidates]
+    models = state.model_id[candidates]
+    if pod.is_share:
+        nodes, slots = np.nonzero(free >= pod.gpu_milli)
+        trial = free[nodes].copy()
+        trial[np.arange(len(nodes)), slots] -= pod.gpu_milli
+        after = model.frag_deduplicated(cpu_after[nodes], trial, models[nodes])
+        best = np.full(len(candidates), np.inf)
+        best_slot = np.zeros(len(candidates), dtype=np.int64)
+        order = np.lexsort((slots, after))  # per node: lowest F, then lowest GPU index
+        seen = np.zeros(len(candidates), dtype=np.bool_)
+        for i in order:
+            if not seen[nodes[i]]:
+                seen[nodes[i]] = True
+                best[nodes[i]] = after[i]
+                best_slot[nodes[i]] = slots[i]
+        f_after = best
+    else:
+        trial = free.copy()
+        if pod.num_gpu:
+            full_rank = np.cumsum(trial == FULL, axis=1)
+            trial[(trial == FULL) & (full_rank <= pod.num_gpu)] = 0
+        f_after = model.frag_deduplicated(cpu_after, trial, models)
+    delta = (ctx.node_frag[candidates] - f_after) / 1000.0
+    scores = _fgd_scores(delta)
+    node = pick_highest(scores, candidates)
+    row = int(np.flatnonzero(candidates == node)[0])
+    if pod.is_share:
+        return Placement(node, (int(best_slot[row]),))
+    return Placement(node, tightest_gpu(state, node, pod))
+
+
+def _fgd_scores(delta: FloatArray) -> IntArray:
+    """sigmoid(delta) as an integer 0-100 score."""
+    return _ints(100.0 / (1.0 + np.exp(-delta)))
+
+
+POLICIES: Final[dict[str, Policy]] = {}
+
+
+def register(name: str, policy: Policy) -> None:
+    """Add a policy under ``name``; a name is registered once."""
+    if name in POLICIES:
+        raise ValueError(f"policy {name!r} is already registered")
+    POLICIES[name] = policy
+
+
+def policy_or_raise(name: str) -> Policy:
+    """The policy registered as ``name``."""
+    try:
+        return POLICIES[name]
+    except KeyError:
+        known = ", ".join(sorted(POLICIES))
+        raise ValueError(f"unknown policy {name!r}; known: {known}") from None
+
+
+@dataclass(frozen=True)
+class _Builtin:
+    name: str
+    policy: Policy = field(repr=False)
+
+
+for _entry in (
+    _Builtin("random", random_policy),
+    _Builtin("bestfit", _with(_bestfit)),
+    _Builtin("dotprod", _with(_dotprod)),
+    _Builtin("gpu-packing", _with(_gpu_packing)),
+    _Builtin("gpu-clustering", _with(_gpu_clustering)),
+    _Builtin("kube-default", _with(_kube_default)),
+    _Builtin("fgd", fgd_policy),
+):
+    register(_entry.name, _entry.policy)

@@ -1,0 +1,189 @@
+"""Single-pod placement policies and the fill simulator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from optimizer.cli.user import app
+from optimizer.planner.cluster import FULL, ClusterState, NodeSpec, PodRequest
+from optimizer.planner.fragmentation import FragmentationModel, Shape, typical_shapes
+from optimizer.planner.policies import POLICIES, PlanContext, policy_or_raise
+from optimizer.simulate.fill import PERCENT_POINTS, fill, inflate, load_nodes, load_pods
+from tests.conftest import shared_data_path
+
+NODES = [
+    NodeSpec("n0", 32_000, 65_536, 2, "T4"),
+    NodeSpec("n1", 96_000, 262_144, 8, "G2"),
+    NodeSpec("n2", 16_000, 65_536, 2, "P100"),
+    NodeSpec("n3", 64_000, 131_072, 4, "V100"),
+]
+
+
+def _pod(
+    cpu: int = 4_000, gpus: int = 1, milli: int = 500, models: frozenset[str] = frozenset()
+) -> PodRequest:
+    return PodRequest("p", cpu, 1_024, gpus, milli if gpus else 0, models)
+
+
+pod_strategy = st.builds(
+    _pod,
+    cpu=st.sampled_from([0, 2_000, 8_000, 24_000]),
+    gpus=st.sampled_from([0, 1, 1, 1, 2, 4, 8]),
+    milli=st.sampled_from([100, 250, 500, 1000]),
+    models=st.sampled_from([frozenset(), frozenset({"G2"}), frozenset({"T4", "V100"})]),
+).map(
+    lambda p: (
+        p
+        if p.num_gpu <= 1
+        else PodRequest(p.name, p.cpu_milli, p.memory_mib, p.num_gpu, FULL, p.gpu_models)
+    )
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pods=st.lists(pod_strategy, min_size=1, max_size=60), policy=st.sampled_from(sorted(POLICIES))
+)
+def test_no_policy_ever_over_allocates(pods: list[PodRequest], policy: str) -> None:
+    state = ClusterState.from_nodes(NODES)
+    model = FragmentationModel(typical_shapes(pods), state.models)
+    ctx = PlanContext(
+        rng=np.random.default_rng(1),
+        fragmentation=model,
+        node_frag=model.frag(state.cpu_free, state.gpu_free, state.model_id),
+    )
+    choose = policy_or_raise(policy)
+    for pod in pods:
+        feasible = state.feasible(pod)
+        placement = choose(state, pod, ctx)
+        if placement is None:
+            assert not feasible.any()
+            continue
+        assert feasible[placement.node]
+        assert len(placement.gpus) == pod.num_gpu
+        if pod.num_gpu > 1:
+            assert all(state.gpu_free[placement.node, g] == FULL for g in placement.gpus)
+        state.allocate(placement.node, placement.gpus, pod)
+        ctx.note_placed(state, placement.node)
+        if pod.gpu_models and pod.num_gpu:
+            assert state.models[state.model_id[placement.node]] in pod.gpu_models
+    assert (state.gpu_free >= 0).all()
+    assert (state.gpu_free <= FULL).all()
+    assert (state.gpu_free[~state.gpu_present] == 0).all()
+    assert (state.cpu_free >= 0).all()
+    assert (state.memory_free >= 0).all()
+
+
+def test_fragmentation_by_hand() -> None:
+    shapes = [
+        Shape(cpu_milli=1_000, num_gpu=1, gpu_milli=500, gpu_models=frozenset(), weight=0.5),
+        Shape(cpu_milli=1_000, num_gpu=2, gpu_milli=FULL, gpu_models=frozenset(), weight=0.3),
+        Shape(cpu_milli=1_000, num_gpu=0, gpu_milli=0, gpu_models=frozenset(), weight=0.2),
+    ]
+    model = FragmentationModel(shapes, ["T4"])
+    gpu_free = np.array([[1000, 300], [1000, 1000], [200, 0]])
+    frag = model.frag(np.array([8_000, 8_000, 500]), gpu_free, np.array([0, 0, 0]))
+    # node 0: share fits (1000); the 300 is too small -> 0.5*300; 2 whole GPUs impossible ->
+    # 0.3*1300; CPU-only -> 0.2*1300.
+    assert frag[0] == pytest.approx(0.5 * 300 + 0.3 * 1300 + 0.2 * 1300)
+    assert frag[1] == pytest.approx(0.2 * 2000)  # everything fits
+    assert frag[2] == pytest.approx(200)  # too little CPU for any shape: all free GPU counts
+
+
+def test_typical_shapes_cover_95_percent() -> None:
+    pods = [_pod(milli=500)] * 90 + [_pod(milli=250)] * 6 + [_pod(milli=100)] * 4
+    shapes = typical_shapes(pods)
+    assert [s.gpu_milli for s in shapes] == [500, 250]
+    assert sum(s.weight for s in shapes) == pytest.approx(1.0)
+
+
+def test_fgd_keeps_whole_gpus_whole() -> None:
+    """A small share goes where a GPU is already broken, not onto a whole one."""
+    state = ClusterState.from_nodes(NODES)
+    state.allocate(3, (0,), _pod(milli=500))  # V100 node: GPU 0 half used
+    pods = [_pod(milli=500)] * 5 + [_pod(gpus=1, milli=FULL)] * 5
+    model = FragmentationModel(typical_shapes(pods), state.models)
+    ctx = PlanContext(
+        rng=np.random.default_rng(0),
+        fragmentation=model,
+        node_frag=model.frag(state.cpu_free, state.gpu_free, state.model_id),
+    )
+    placement = policy_or_raise("fgd")(state, _pod(milli=500), ctx)
+    assert placement is not None
+    assert (placement.node, placement.gpus) == (3, (0,))
+
+
+def test_unknown_policy_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="known: bestfit"):
+        policy_or_raise("magic")
+
+
+def test_inflation_reaches_the_target_and_is_seeded() -> None:
+    pods = [_pod(milli=500), _pod(gpus=0), _pod(gpus=2, milli=FULL)]
+    first = inflate(pods, target_milli=20_000, rng=np.random.default_rng(5))
+    again = inflate(pods, target_milli=20_000, rng=np.random.default_rng(5))
+    assert [p.gpu_request_milli for p in first] == [p.gpu_request_milli for p in again]
+    total = sum(p.gpu_request_milli for p in first)
+    assert 20_000 - 2_000 < total <= 20_000
+
+
+def _trace() -> tuple[Path, Path]:
+    folder = shared_data_path("traces", "alibaba-gpu-2023", "csv")
+    return folder / "openb_node_list_gpu_node.csv", folder / "openb_pod_list_default.csv"
+
+
+def test_fill_on_the_default_trace_is_deterministic_and_monotone() -> None:
+    nodes_csv, pods_csv = _trace()
+    nodes, pods = load_nodes(nodes_csv), load_pods(pods_csv)
+    assert (len(nodes), sum(n.gpus for n in nodes), len(pods)) == (1213, 6212, 8152)
+    run = fill(nodes, pods, policy="bestfit", seed=42)
+    assert run == fill(nodes, pods, policy="bestfit", seed=42).__class__(
+        **{**run.__dict__, "elapsed_s": run.elapsed_s}
+    )
+    again = fill(nodes, pods, policy="bestfit", seed=42)
+    assert (again.alloc_pct, again.failed_pods) == (run.alloc_pct, run.failed_pods)
+    assert len(run.alloc_pct) == len(run.frag_pct) == PERCENT_POINTS
+    assert all(b >= a for a, b in zip(run.alloc_pct, run.alloc_pct[1:], strict=False))
+    assert run.alloc_pct[50] == pytest.approx(50, abs=0.5)  # nothing fails at half load
+    assert run.failed_pods > 0  # 130% cannot all fit
+
+
+def test_simulate_fill_cli_json_lines() -> None:
+    nodes_csv, pods_csv = _trace()
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "fill",
+            "--nodes",
+            str(nodes_csv),
+            "--pods",
+            str(pods_csv),
+            "--policy",
+            "random",
+            "--seeds",
+            "42-43",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["seed"] for line in lines] == [42, 43]
+    for line in lines:
+        assert {
+            "policy",
+            "seed",
+            "tune",
+            "alloc_pct",
+            "frag_pct",
+            "failed_pods",
+            "elapsed_s",
+        } <= line.keys()
+        assert len(line["alloc_pct"]) == len(line["frag_pct"]) == 131
