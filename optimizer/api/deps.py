@@ -33,7 +33,7 @@ def get_session(state: StateDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def _refuse(state: AppState, request: Request, *, status: int, actor: str, reason: str) -> None:
+def refuse(state: AppState, request: Request, *, status: int, actor: str, reason: str) -> None:
     """Audit a refusal (best effort: a database outage must not turn 401 into 500)."""
     state.metrics.denied.labels(status=str(status)).inc()
     try:
@@ -68,11 +68,11 @@ def require(*roles: Role) -> Callable[[Request, AppState], Principal]:
         )
         if principal is None:
             reason = "no bearer token" if not header else "invalid bearer token"
-            _refuse(state, request, status=401, actor="anonymous", reason=reason)
+            refuse(state, request, status=401, actor="anonymous", reason=reason)
             raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
         if principal.role not in allowed:
             reason = f"role {principal.role.value} may not {request.method} {request.url.path}"
-            _refuse(state, request, status=403, actor=principal.subject, reason=reason)
+            refuse(state, request, status=403, actor=principal.subject, reason=reason)
             raise HTTPException(403, reason)
         return principal
 

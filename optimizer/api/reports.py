@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from optimizer.api.deps import AgentOrAdmin, StateDep, _refuse
+from optimizer.api.deps import AgentOrAdmin, StateDep, refuse
 from optimizer.auth import Role
 from optimizer.ingest import IngestOverloadedError, ReportNotStorableError
 from optimizer.store.reports import TopologyUnknownError
@@ -79,7 +79,7 @@ async def post_report(request: Request, state: StateDep, principal: AgentOrAdmin
     if principal.role is Role.AGENT and report.node_name != principal.subject:
         reason = f"agent of node {principal.subject} may not report for node {report.node_name}"
         await run_in_threadpool(
-            _refuse, state, request, status=403, actor=principal.subject, reason=reason
+            refuse, state, request, status=403, actor=principal.subject, reason=reason
         )
         raise HTTPException(403, reason)
     try:

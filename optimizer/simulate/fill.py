@@ -41,7 +41,8 @@ def load_nodes(path: Path) -> list[NodeSpec]:
 
 
 def load_pods(path: Path) -> list[PodRequest]:
-    """Pods from an openb pod list (``name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,…``)."""
+    """Pods from an openb pod list (``name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec,…]``;
+    the multigpu traces have no ``gpu_spec`` column: any model)."""
     with path.open() as handle:
         return [
             PodRequest(
@@ -50,7 +51,7 @@ def load_pods(path: Path) -> list[PodRequest]:
                 memory_mib=int(row["memory_mib"]),
                 num_gpu=int(row["num_gpu"]),
                 gpu_milli=int(row["gpu_milli"]) if int(row["num_gpu"]) else 0,
-                gpu_models=frozenset(m for m in row["gpu_spec"].split("|") if m),
+                gpu_models=frozenset(m for m in (row.get("gpu_spec") or "").split("|") if m),
             )
             for row in csv.DictReader(handle)
         ]

@@ -187,3 +187,23 @@ def test_simulate_fill_cli_json_lines() -> None:
             "elapsed_s",
         } <= line.keys()
         assert len(line["alloc_pct"]) == len(line["frag_pct"]) == 131
+
+
+def test_pod_lists_without_a_gpu_spec_column(tmp_path: Path) -> None:
+    path = tmp_path / "pods.csv"
+    path.write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np1,4000,1024,2,1000\np2,2000,512,0,0\n"
+    )
+    pods = load_pods(path)
+    assert [(p.num_gpu, p.gpu_milli, p.gpu_models) for p in pods] == [
+        (2, 1000, frozenset()),
+        (0, 0, frozenset()),
+    ]
+
+
+def test_gpu_spec_lists_models(tmp_path: Path) -> None:
+    path = tmp_path / "pods.csv"
+    path.write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\np1,4000,1024,1,500,V100M16|V100M32\n"
+    )
+    assert load_pods(path)[0].gpu_models == frozenset({"V100M16", "V100M32"})
