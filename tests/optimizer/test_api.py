@@ -266,3 +266,15 @@ def test_nodes_are_paged(client: TestClient, clock: WallClock) -> None:
     assert [n["name"] for n in second["items"]] == ["gpu-node-2"]
     assert second["items"][0]["gpu_count"] == 8
     assert second["continue"] is None
+
+
+def test_admins_read_the_audit_log(client: TestClient, clock: WallClock) -> None:
+    body = topology_report(AGENT, at=clock.now).model_dump_json()
+    client.post("/v1/reports", content=body, headers=auth("gpu-node-2"))  # refused: 403
+    assert client.get("/v1/audit", headers=auth("sre@example.com")).status_code == 403
+    entries = client.get("/v1/audit", headers=auth("platform@example.com")).json()["items"]
+    refusal = next(e for e in entries if e["actor"] == "gpu-node-2")
+    assert refusal["outcome"] == "denied:403"
+    assert "may not report for node gpu-node-1" in refusal["reason"]
+    # the reader's refused attempt to read the audit log is audited too
+    assert any(e["actor"] == "sre@example.com" and e["object"] == "/v1/audit" for e in entries)
