@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
@@ -126,16 +127,21 @@ def settings(tokens_file: Path, tmp_path: Path) -> OptimizerSettings:
     )
 
 
-@pytest.fixture
-def client(engine: Engine, settings: OptimizerSettings, clock: WallClock) -> Iterator[TestClient]:
-    """The API over each backend, with the test tokens and a hand-moved clock."""
-    app = create_app(
+def build_app(settings: OptimizerSettings, engine: Engine, clock: WallClock) -> FastAPI:
+    """The app on ``engine`` with the test tokens and clock, no migration or pruning."""
+    assert settings.tokens_file is not None
+    return create_app(
         settings,
-        authenticator=TokensFile.load(settings.tokens_file),  # type: ignore[arg-type]
+        authenticator=TokensFile.load(settings.tokens_file),
         engine=engine,
         clock=clock,
         migrate_on_start=False,
         prune_in_background=False,
     )
-    with TestClient(app) as test_client:
+
+
+@pytest.fixture
+def client(engine: Engine, settings: OptimizerSettings, clock: WallClock) -> Iterator[TestClient]:
+    """The API over each backend, with the test tokens and a hand-moved clock."""
+    with TestClient(build_app(settings, engine, clock)) as test_client:
         yield test_client

@@ -13,12 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from optimizer.api.app import create_app
-from optimizer.auth import TokensFile
 from optimizer.settings import OptimizerSettings
 from optimizer.store.engine import make_engine
 from optimizer.store.models import AuditEntry, Sample
 from shared.report import NodeReport
-from tests.optimizer.conftest import TOKENS, WallClock, auth
+from tests.optimizer.conftest import TOKENS, WallClock, auth, build_app
 from tests.optimizer.reports import later, samples_report, topology_report, with_process
 
 AGENT = "gpu-node-1"
@@ -193,15 +192,7 @@ def test_database_down_is_503_with_retry_after(
     settings: OptimizerSettings, clock: WallClock
 ) -> None:
     dead = make_engine("postgresql+psycopg://127.0.0.1:1/test", connect_args={"connect_timeout": 2})
-    app = create_app(
-        settings,
-        authenticator=TokensFile.load(settings.tokens_file),  # type: ignore[arg-type]
-        engine=dead,
-        clock=clock,
-        migrate_on_start=False,
-        prune_in_background=False,
-    )
-    with TestClient(app) as client:
+    with TestClient(build_app(settings, dead, clock)) as client:
         response = _post(client, topology_report(AGENT, at=clock.now))
         assert response.status_code == 503
         assert response.headers["Retry-After"] == str(settings.retry_after_s)
