@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.contract
 	$(BIN)/python -m bench.agent
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.gang
 	$(BIN)/python -m bench.fill --write
 
 # Regenerate the kubelet PodResources stubs from agent/podresources/api.proto.

@@ -100,6 +100,21 @@ class ClusterState:
         """Milli-GPU in use."""
         return self.total_gpu_milli - int(self.gpu_free.sum())
 
+    def subset(self, rows: IntArray) -> ClusterState:
+        """A copy holding only ``rows`` (in the same order); row ``i`` of the copy is
+        ``rows[i]`` here."""
+        return ClusterState(
+            names=[self.names[r] for r in rows],
+            models=self.models,
+            model_id=self.model_id[rows].copy(),
+            cpu_total=self.cpu_total[rows].copy(),
+            cpu_free=self.cpu_free[rows].copy(),
+            memory_free=self.memory_free[rows].copy(),
+            gpu_free=self.gpu_free[rows].copy(),
+            gpu_present=self.gpu_present[rows].copy(),
+            kinds=self.kinds[rows].copy(),
+        )
+
     def model_mask(self, pod: PodRequest) -> BoolArray:
         """Nodes whose GPU model the pod accepts."""
         if not pod.gpu_models:

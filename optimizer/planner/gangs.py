@@ -1,0 +1,160 @@
+"""All-or-nothing placement of a gang of identical pods, optionally within one topology domain.
+
+A gang of ``size`` pods is placed whole or not at all. With a topology constraint at a level
+(``rack``, ``zone``, an NVLink clique, …), every domain of that level is tried: the gang's
+pods are placed one by one with the per-pod policy on a copy of the domain, and among the
+domains that take the whole gang the one whose use leaves the least fragmentation (or, without
+a fragmentation model, the fewest free GPUs) wins, ties to the smallest domain name. A
+``required`` constraint that no domain meets leaves the gang waiting, with the reason; a
+``preferred`` one falls back to the whole cluster. Pure: the state is never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from optimizer.planner.cluster import FULL, ClusterState, IntArray, PodRequest
+from optimizer.planner.policies import Placement, PlanContext, Policy
+
+NO_DOMAIN_FITS: Final = "no-domain-fits"
+CLUSTER_TOO_SMALL: Final = "cluster-too-small"
+
+
+@dataclass(frozen=True)
+class GangRequest:
+    """``size`` pods like ``pod``, placed together or not at all."""
+
+    name: str
+    pod: PodRequest
+    size: int
+    topology_level: str | None = None
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class GangDecision:
+    """Where the gang goes (one placement per pod), or why it waits."""
+
+    placements: tuple[Placement, ...]
+    domain: str | None
+    code: str | None = None
+    reason: str | None = None
+
+    @property
+    def admitted(self) -> bool:
+        return bool(self.placements)
+
+
+def place_gang(
+    state: ClusterState,
+    gang: GangRequest,
+    *,
+    policy: Policy,
+    ctx: PlanContext,
+    domains: Mapping[str, Sequence[str]],
+) -> GangDecision:
+    """Decide a gang's placement.
+
+    Args:
+        state: the cluster (read only).
+        gang: the request.
+        policy: the per-pod policy used inside a domain.
+        ctx: the run's context (its fragmentation model ranks the domains).
+        domains: topology level -> the domain name of each node row.
+    """
+    if gang.topology_level is None:
+        return _whole_cluster(state, gang, policy=policy, ctx=ctx)
+    labels = np.asarray(domains[gang.topology_level])
+    best: tuple[float, str, tuple[Placement, ...]] | None = None
+    for domain in sorted(set(labels.tolist())):
+        rows = np.flatnonzero(labels == domain)
+        filled = _fill(state, rows, gang, policy=policy, ctx=ctx)
+        if filled is None:
+            continue
+        placed, after = filled
+        cost = _cost(state.subset(rows), after, ctx)
+        if best is None or (cost, domain) < (best[0], best[1]):
+            best = (cost, domain, placed)
+    if best is not None:
+        return GangDecision(placements=best[2], domain=best[1])
+    if not gang.required:
+        return _whole_cluster(state, gang, policy=policy, ctx=ctx)
+    largest = max(
+        (_free_whole_gpus(state, np.flatnonzero(labels == d)), d) for d in set(labels.tolist())
+    )
+    return GangDecision(
+        placements=(),
+        domain=None,
+        code=NO_DOMAIN_FITS,
+        reason=(
+            f"needs {gang.size} x {_shape(gang.pod)} in one {gang.topology_level}; "
+            f"the {gang.topology_level} with the most room ({largest[1]}) has "
+            f"{largest[0]} free GPUs"
+        ),
+    )
+
+
+def _whole_cluster(
+    state: ClusterState, gang: GangRequest, *, policy: Policy, ctx: PlanContext
+) -> GangDecision:
+    rows = np.arange(len(state.names))
+    filled = _fill(state, rows, gang, policy=policy, ctx=ctx)
+    if filled is None:
+        return GangDecision(
+            placements=(),
+            domain=None,
+            code=CLUSTER_TOO_SMALL,
+            reason=(
+                f"needs {gang.size} x {_shape(gang.pod)}; the cluster has "
+                f"{_free_whole_gpus(state, rows)} free GPUs"
+            ),
+        )
+    return GangDecision(placements=filled[0], domain=None)
+
+
+def _fill(
+    state: ClusterState, rows: IntArray, gang: GangRequest, *, policy: Policy, ctx: PlanContext
+) -> tuple[tuple[Placement, ...], ClusterState] | None:
+    """The gang placed pod by pod on a copy of ``rows``: the placements (in the cluster's
+    rows) and the copy after them, or None when a pod does not fit."""
+    trial = state.subset(rows)
+    local = PlanContext(
+        rng=np.random.default_rng(0),
+        fragmentation=ctx.fragmentation,
+        node_frag=None if ctx.node_frag is None else ctx.node_frag[rows].copy(),
+    )
+    placements = []
+    for _ in range(gang.size):
+        placement = policy(trial, gang.pod, local)
+        if placement is None:
+            return None
+        trial.allocate(placement.node, placement.gpus, gang.pod)
+        local.note_placed(trial, placement.node)
+        placements.append(Placement(int(rows[placement.node]), placement.gpus))
+    return tuple(placements), trial
+
+
+def _cost(before: ClusterState, after: ClusterState, ctx: PlanContext) -> float:
+    """How much the domain's fragmentation grows (only its nodes change), or, without a
+    fragmentation model, the free GPU milli it keeps (tightest domain first)."""
+    model = ctx.fragmentation
+    if model is None:
+        return float(after.gpu_free.sum())
+    grown = model.frag(after.cpu_free, after.gpu_free, after.model_id).sum()
+    return float(grown - model.frag(before.cpu_free, before.gpu_free, before.model_id).sum())
+
+
+def _free_whole_gpus(state: ClusterState, rows: IntArray) -> int:
+    return int((state.gpu_free[rows] == FULL).sum())
+
+
+def _shape(pod: PodRequest) -> str:
+    if pod.num_gpu == 0:
+        return f"{pod.cpu_milli // 1000} CPUs"
+    if pod.is_share:
+        return f"{pod.gpu_milli} milli-GPU"
+    return f"{pod.num_gpu} GPUs"

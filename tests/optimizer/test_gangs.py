@@ -1,0 +1,146 @@
+"""Gangs: all or nothing, inside one topology domain when required, explained when waiting."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from optimizer.planner.cluster import FULL, ClusterState, NodeSpec, PodRequest
+from optimizer.planner.fragmentation import FragmentationModel, typical_shapes
+from optimizer.planner.gangs import CLUSTER_TOO_SMALL, NO_DOMAIN_FITS, GangRequest, place_gang
+from optimizer.planner.policies import PlanContext, policy_or_raise
+
+EIGHT_GPUS = PodRequest("worker", 8_000, 16_384, 8, FULL)
+
+
+def _cluster(racks: int, nodes_per_rack: int) -> tuple[ClusterState, dict[str, list[str]]]:
+    nodes = [
+        NodeSpec(f"r{r}-n{n}", 96_000, 786_432, 8, "H100")
+        for r in range(racks)
+        for n in range(nodes_per_rack)
+    ]
+    state = ClusterState.from_nodes(nodes)
+    return state, {"rack": [name.split("-")[0] for name in state.names]}
+
+
+def _ctx(state: ClusterState, pods: list[PodRequest]) -> PlanContext:
+    model = FragmentationModel(typical_shapes(pods), state.models)
+    return PlanContext(
+        rng=np.random.default_rng(0),
+        fragmentation=model,
+        node_frag=model.frag(state.cpu_free, state.gpu_free, state.model_id),
+    )
+
+
+def _occupy(state: ClusterState, node: str, gpus: int) -> None:
+    """Run a ``gpus``-GPU pod on ``node``'s lowest free GPUs."""
+    row = state.names.index(node)
+    free = tuple(int(g) for g in np.flatnonzero(state.gpu_free[row] == FULL)[:gpus])
+    state.allocate(row, free, PodRequest("x", 0, 0, gpus, FULL))
+
+
+def test_a_rack_constrained_gang_goes_to_the_rack_that_fits() -> None:
+    state, domains = _cluster(racks=3, nodes_per_rack=4)
+    for node in ("r0-n0", "r0-n1", "r2-n3"):
+        _occupy(state, node, 4)  # racks 0 and 2 lack four whole nodes
+    gang = GangRequest("train", EIGHT_GPUS, size=4, topology_level="rack")
+    decision = place_gang(
+        state, gang, policy=policy_or_raise("fgd"), ctx=_ctx(state, [EIGHT_GPUS]), domains=domains
+    )
+    assert decision.admitted
+    assert decision.domain == "r1"
+    assert sorted(state.names[p.node] for p in decision.placements) == [
+        "r1-n0",
+        "r1-n1",
+        "r1-n2",
+        "r1-n3",
+    ]
+    assert all(len(p.gpus) == 8 for p in decision.placements)
+
+
+def test_with_room_for_three_nothing_is_placed_and_the_reason_says_why() -> None:
+    state, domains = _cluster(racks=2, nodes_per_rack=4)
+    for node in ("r0-n0", "r1-n0"):
+        _occupy(state, node, 4)
+    gang = GangRequest("train", EIGHT_GPUS, size=4, topology_level="rack")
+    decision = place_gang(
+        state,
+        gang,
+        policy=policy_or_raise("bestfit"),
+        ctx=_ctx(state, [EIGHT_GPUS]),
+        domains=domains,
+    )
+    assert not decision.admitted
+    assert decision.placements == ()
+    assert decision.code == NO_DOMAIN_FITS
+    assert decision.reason == (
+        "needs 4 x 8 GPUs in one rack; the rack with the most room (r1) has 28 free GPUs"
+    )
+
+
+def test_a_preferred_constraint_falls_back_to_the_cluster() -> None:
+    state, domains = _cluster(racks=2, nodes_per_rack=2)
+    _occupy(state, "r0-n0", 8)
+    _occupy(state, "r1-n0", 8)
+    gang = GangRequest("train", EIGHT_GPUS, size=2, topology_level="rack", required=False)
+    decision = place_gang(
+        state,
+        gang,
+        policy=policy_or_raise("bestfit"),
+        ctx=_ctx(state, [EIGHT_GPUS]),
+        domains=domains,
+    )
+    assert decision.admitted
+    assert decision.domain is None
+    assert sorted(state.names[p.node] for p in decision.placements) == ["r0-n1", "r1-n1"]
+
+
+def test_too_big_for_the_cluster() -> None:
+    state, domains = _cluster(racks=1, nodes_per_rack=2)
+    gang = GangRequest("huge", EIGHT_GPUS, size=3)
+    decision = place_gang(
+        state, gang, policy=policy_or_raise("fgd"), ctx=_ctx(state, [EIGHT_GPUS]), domains=domains
+    )
+    assert decision.code == CLUSTER_TOO_SMALL
+    assert "the cluster has 16 free GPUs" in (decision.reason or "")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    busy=st.lists(st.tuples(st.integers(0, 11), st.integers(1, 8)), max_size=12),
+    size=st.integers(1, 6),
+    gpus=st.sampled_from([1, 2, 4, 8]),
+    required=st.booleans(),
+    policy=st.sampled_from(["fgd", "bestfit", "gpu-packing", "kube-default"]),
+)
+def test_never_partial_never_outside_the_required_domain_never_over_allocated(
+    busy: list[tuple[int, int]], size: int, gpus: int, required: bool, policy: str
+) -> None:
+    state, domains = _cluster(racks=3, nodes_per_rack=4)
+    for row, count in busy:
+        free = int((state.gpu_free[row] == FULL).sum())
+        if free:
+            _occupy(state, state.names[row], min(count, free))
+    before = state.gpu_free.copy()
+    pod = PodRequest("w", 4_000, 8_192, gpus, FULL)
+    gang = GangRequest("g", pod, size=size, topology_level="rack", required=required)
+    decision = place_gang(
+        state, gang, policy=policy_or_raise(policy), ctx=_ctx(state, [pod]), domains=domains
+    )
+    assert (state.gpu_free == before).all()  # pure: the state is untouched
+    again = place_gang(
+        state, gang, policy=policy_or_raise(policy), ctx=_ctx(state, [pod]), domains=domains
+    )
+    assert again == decision  # deterministic
+    if not decision.admitted:
+        assert decision.placements == ()
+        assert decision.reason
+        return
+    assert len(decision.placements) == size
+    if required:
+        racks = {domains["rack"][p.node] for p in decision.placements}
+        assert racks == {decision.domain}
+    for placement in decision.placements:
+        state.allocate(placement.node, placement.gpus, pod)  # raises if over-allocated
+    assert (state.gpu_free >= 0).all()
