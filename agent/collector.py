@@ -78,6 +78,7 @@ class Collector:
         self.driver_version: str | None = None
         self.cuda_version: str | None = None
         self._links: list[GpuLink] | None = None
+        self._links_lost: frozenset[int] = frozenset()  # lost GPUs when links were derived
         self._event_set: Any = None
         self._sequence = 0
         self.latest: Collection | None = None
@@ -123,8 +124,10 @@ class Collector:
         started = time.perf_counter()
         self._drain_events()
         infos = self._infos()
-        if self._links is None or any(d.lost for d in self.devices):
+        lost = frozenset(d.index for d in self.devices if d.lost)
+        if self._links is None or lost != self._links_lost:  # derive again only on a change
             self._links = derive_links(nvml=self.nvml, devices=self._known(infos), infos=infos)
+            self._links_lost = lost
         samples = [s for s in (self._sample(d) for d in self._known(infos)) if s is not None]
         self._sequence += 1
         report = NodeReport(

@@ -128,7 +128,6 @@ class FakeNvml:
         self._initialized = 0
         self._states = [_GpuState() for _ in profile.gpus]
         self._event_sets: list[_EventSet] = []
-        self.calls = 0
 
     # --- time and scripted behaviour -------------------------------------------------
 
@@ -172,7 +171,6 @@ class FakeNvml:
         return state
 
     def _check(self, handle: Any) -> None:
-        self.calls += 1
         if not self._initialized:
             _error(pynvml.NVML_ERROR_UNINITIALIZED)
         if not isinstance(handle, _Handle) or not 0 <= handle.index < len(self.profile.gpus):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -14,11 +13,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from optimizer.api.cluster import cluster_summary
 from optimizer.api.deps import StateDep
 from optimizer.api.state import AppState
 from optimizer.store.migrate import current_revision, head_revision
-from optimizer.store.queries import gpu_states
-from optimizer.summary import summarize
 
 router = APIRouter(tags=["health"])
 
@@ -73,15 +71,9 @@ class ClusterCollector(Collector):
         state = self.state
         try:
             with state.sessions() as session:
-                rows = gpu_states(session, idle_util_ratio=state.settings.idle_util_ratio)
+                summary = cluster_summary(state, session)
         except SQLAlchemyError:
             return
-        summary = summarize(
-            rows,
-            now=state.clock(),
-            stale_after=timedelta(seconds=state.settings.stale_after_s),
-            request_shapes=state.settings.request_shapes,
-        )
         gpus = GaugeMetricFamily(
             "stowage_cluster_gpus",
             "GPUs of fresh nodes by model and state.",

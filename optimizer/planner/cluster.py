@@ -8,7 +8,7 @@ tie-break the FGD experiments use. GPUs a node does not have are marked by ``gpu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -67,7 +67,7 @@ class ClusterState:
     memory_free: IntArray
     gpu_free: IntArray  # (nodes, max GPUs), milli; 0 where absent
     gpu_present: BoolArray
-    kinds: IntArray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    kinds: IntArray  # pods per node by kind_of(): CPU only, GPU share, whole GPUs
 
     @classmethod
     def from_nodes(cls, nodes: Sequence[NodeSpec]) -> ClusterState:

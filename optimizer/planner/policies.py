@@ -10,7 +10,7 @@ return a :class:`Placement`; the caller applies it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 import numpy as np
@@ -163,12 +163,6 @@ def random_policy(state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Pla
 
 def fgd_policy(state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Placement | None:
     """Fragmentation gradient descent: the node (and GPU) where F grows least."""
-    return _fragmentation_descent(state, pod, ctx, tie_break=False)
-
-
-def _fragmentation_descent(
-    state: ClusterState, pod: PodRequest, ctx: PlanContext, *, tie_break: bool
-) -> Placement | None:
     model = ctx.fragmentation
     if model is None or ctx.node_frag is None:
         raise ValueError("fragmentation policies need PlanContext.fragmentation")
@@ -232,19 +226,13 @@ def policy_or_raise(name: str) -> Policy:
         raise ValueError(f"unknown policy {name!r}; known: {known}") from None
 
 
-@dataclass(frozen=True)
-class _Builtin:
-    name: str
-    policy: Policy = field(repr=False)
-
-
-for _entry in (
-    _Builtin("random", random_policy),
-    _Builtin("bestfit", _with(_bestfit)),
-    _Builtin("dotprod", _with(_dotprod)),
-    _Builtin("gpu-packing", _with(_gpu_packing)),
-    _Builtin("gpu-clustering", _with(_gpu_clustering)),
-    _Builtin("kube-default", _with(_kube_default)),
-    _Builtin("fgd", fgd_policy),
+for _name, _policy in (
+    ("random", random_policy),
+    ("bestfit", _with(_bestfit)),
+    ("dotprod", _with(_dotprod)),
+    ("gpu-packing", _with(_gpu_packing)),
+    ("gpu-clustering", _with(_gpu_clustering)),
+    ("kube-default", _with(_kube_default)),
+    ("fgd", fgd_policy),
 ):
-    register(_entry.name, _entry.policy)
+    register(_name, _policy)
