@@ -13,7 +13,12 @@ from typer.testing import CliRunner
 
 from optimizer.cli.user import app
 from optimizer.planner.cluster import FULL, ClusterState, NodeSpec, PodRequest
-from optimizer.planner.fragmentation import FragmentationModel, Shape, typical_shapes
+from optimizer.planner.fragmentation import (
+    FragmentationModel,
+    Shape,
+    typical_shapes,
+    unique_rows,
+)
 from optimizer.planner.policies import POLICIES, PlanContext, policy_or_raise
 from optimizer.simulate.fill import PERCENT_POINTS, fill, inflate, load_nodes, load_pods
 from tests.conftest import shared_data_path
@@ -95,6 +100,17 @@ def test_fragmentation_by_hand() -> None:
     assert frag[0] == pytest.approx(0.5 * 300 + 0.3 * 1300 + 0.2 * 1300)
     assert frag[1] == pytest.approx(0.2 * 2000)  # everything fits
     assert frag[2] == pytest.approx(200)  # too little CPU for any shape: all free GPU counts
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=3, max_size=3), min_size=1, max_size=40))
+def test_unique_rows_agrees_with_numpy(rows: list[list[int]]) -> None:
+    keys = np.array(rows, dtype=np.int64)
+    unique, inverse = unique_rows(keys)
+    expected, expected_inverse = np.unique(keys, axis=0, return_inverse=True)
+    assert np.array_equal(unique, expected)
+    assert np.array_equal(inverse, expected_inverse.reshape(-1))
+    assert np.array_equal(unique[inverse], keys)
 
 
 def test_typical_shapes_cover_95_percent() -> None:
