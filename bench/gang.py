@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from optimizer.planner.cluster import FULL, ClusterState, NodeSpec, PodRequest
-from optimizer.planner.fragmentation import FragmentationModel, typical_shapes
+from optimizer.planner.fragmentation import typical_shapes
 from optimizer.planner.gangs import GangRequest, place_gang
 from optimizer.planner.policies import PlanContext, policy_or_raise
 
@@ -37,12 +37,7 @@ def _cluster(nodes: int, seed: int) -> tuple[ClusterState, dict[str, list[str]]]
 
 def _time(nodes: int, policy: str, repeats: int) -> tuple[float, float, bool]:
     state, domains = _cluster(nodes, seed=7)
-    model = FragmentationModel(typical_shapes([WORKER]), state.models)
-    ctx = PlanContext(
-        rng=np.random.default_rng(0),
-        fragmentation=model,
-        node_frag=model.frag(state.cpu_free, state.gpu_free, state.model_id),
-    )
+    ctx = PlanContext(rng=np.random.default_rng(0), shapes=typical_shapes([WORKER]))
     choose = policy_or_raise(policy)
     gang = GangRequest("train", WORKER, size=16, topology_level="rack")
     gang_times, pod_times = [], []

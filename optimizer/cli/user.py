@@ -14,6 +14,7 @@ from rich.table import Table
 
 from agent.logs import configure_logging
 from optimizer.demo import DemoResult, run_demo
+from optimizer.planner.policies import DEFAULT_POLICY
 from shared.ranges import format_cpu_list
 from shared.schema import ReportError, parse_report, report_json_schema
 from shared.topology import best_connected_gpus, gpus_by_numa_node, nvlink_islands
@@ -87,7 +88,7 @@ def _seed_range(text: str) -> list[int]:
 def simulate_fill(
     nodes: Annotated[Path, typer.Option(help="openb node list CSV.")],
     pods: Annotated[Path, typer.Option(help="openb pod list CSV.")],
-    policy: Annotated[str, typer.Option(help="Placement policy.")] = "fgd",
+    policy: Annotated[str, typer.Option(help="Placement policy.")] = DEFAULT_POLICY,
     tune: Annotated[float, typer.Option(help="Arrived GPU request / capacity.")] = 1.3,
     seed: Annotated[int, typer.Option(help="Seed of one run.")] = 42,
     seeds: Annotated[str | None, typer.Option(help="Several runs, e.g. 42-51.")] = None,

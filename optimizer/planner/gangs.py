@@ -122,11 +122,7 @@ def _fill(
     """The gang placed pod by pod on a copy of ``rows``: the placements (in the cluster's
     rows) and the copy after them, or None when a pod does not fit."""
     trial = state.subset(rows)
-    local = PlanContext(
-        rng=np.random.default_rng(0),
-        fragmentation=ctx.fragmentation,
-        node_frag=None if ctx.node_frag is None else ctx.node_frag[rows].copy(),
-    )
+    local = ctx.restricted(rows, rng=np.random.default_rng(0))
     placements = []
     for _ in range(gang.size):
         placement = policy(trial, gang.pod, local)
@@ -141,9 +137,9 @@ def _fill(
 def _cost(before: ClusterState, after: ClusterState, ctx: PlanContext) -> float:
     """How much the domain's fragmentation grows (only its nodes change), or, without a
     fragmentation model, the free GPU milli it keeps (tightest domain first)."""
-    model = ctx.fragmentation
-    if model is None:
+    if not ctx.shapes:
         return float(after.gpu_free.sum())
+    model = ctx.scoring_model(before)
     grown = model.frag(after.cpu_free, after.gpu_free, after.model_id).sum()
     return float(grown - model.frag(before.cpu_free, before.gpu_free, before.model_id).sum())
 

@@ -9,14 +9,14 @@ return a :class:`Placement`; the caller applies it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import numpy as np
 
 from optimizer.planner.cluster import FULL, ClusterState, IntArray, PodRequest, kind_of
-from optimizer.planner.fragmentation import FloatArray, FragmentationModel
+from optimizer.planner.fragmentation import FloatArray, FragmentationModel, Shape
 
 #: The largest node in the FGD experiments (milli-CPU, milli-GPU), used to normalise.
 MAX_CPU_MILLI: Final = 128_000
@@ -33,20 +33,57 @@ class Placement:
 
 @dataclass
 class PlanContext:
-    """Per-run scratch shared by policy calls (never stored on a policy)."""
+    """Per-run scratch shared by policy calls (never stored on a policy).
+
+    ``shapes`` is the workload the fragmentation policies score against; their models are
+    built on first use, and the per-node F values kept current by :meth:`note_placed`.
+    """
 
     rng: np.random.Generator
-    fragmentation: FragmentationModel | None = None
-    node_frag: FloatArray | None = None  # F per node, kept current by note_placed()
+    shapes: Sequence[Shape] = ()
+    _models: dict[bool, FragmentationModel] = field(default_factory=dict, repr=False)
+    _values: dict[bool, FloatArray] = field(default_factory=dict, repr=False)
+
+    def model(self, state: ClusterState, *, stranding: bool = False) -> FragmentationModel:
+        """The fragmentation model over ``shapes`` for ``state``'s GPU models."""
+        model = self._models.get(stranding)
+        if model is None:
+            if not self.shapes:
+                raise ValueError("fragmentation needs PlanContext.shapes (the workload)")
+            model = FragmentationModel(list(self.shapes), state.models, stranding=stranding)
+            self._models[stranding] = model
+        return model
+
+    def fragmentation(
+        self, state: ClusterState, *, stranding: bool = False
+    ) -> tuple[FragmentationModel, FloatArray]:
+        """The model and F of every node of ``state`` (the state this context follows)."""
+        model = self.model(state, stranding=stranding)
+        values = self._values.get(stranding)
+        if values is None:
+            values = model.frag(state.cpu_free, state.gpu_free, state.model_id)
+            self._values[stranding] = values
+        return model, values
+
+    def scoring_model(self, state: ClusterState) -> FragmentationModel:
+        """The model this run's policies score with (the stowage one once it is in use),
+        for ranking whole outcomes such as a gang's candidate domains."""
+        return self.model(state, stranding=True in self._models)
 
     def note_placed(self, state: ClusterState, node: int) -> None:
         """Refresh cached per-node values after a placement on ``node``."""
-        if self.fragmentation is not None and self.node_frag is not None:
-            self.node_frag[node] = self.fragmentation.frag(
+        for stranding, values in self._values.items():
+            values[node] = self._models[stranding].frag(
                 state.cpu_free[node : node + 1],
                 state.gpu_free[node : node + 1],
                 state.model_id[node : node + 1],
             )[0]
+
+    def restricted(self, rows: IntArray, *, rng: np.random.Generator) -> PlanContext:
+        """A context following ``state.subset(rows)``: the same models (shared), the
+        cached values of those rows (copied)."""
+        values = {key: array[rows].copy() for key, array in self._values.items()}
+        return PlanContext(rng=rng, shapes=self.shapes, _models=self._models, _values=values)
 
 
 class Policy(Protocol):
@@ -161,45 +198,46 @@ def random_policy(state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Pla
     return Placement(node, tightest_gpu(state, node, pod))
 
 
-def fgd_policy(state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Placement | None:
-    """Fragmentation gradient descent: the node (and GPU) where F grows least."""
-    model = ctx.fragmentation
-    if model is None or ctx.node_frag is None:
-        raise ValueError("fragmentation policies need PlanContext.fragmentation")
-    candidates = np.flatnonzero(state.feasible(pod))
-    if len(candidates) == 0:
-        return None
-    cpu_after = state.cpu_free[candidates] - pod.cpu_milli
-    free = state.gpu_free[candidates]
-    models = state.model_id[candidates]
-    if pod.is_share:
-        nodes, slots = np.nonzero(free >= pod.gpu_milli)
-        trial = free[nodes].copy()
-        trial[np.arange(len(nodes)), slots] -= pod.gpu_milli
-        after = model.frag_deduplicated(cpu_after[nodes], trial, models[nodes])
-        best = np.full(len(candidates), np.inf)
-        best_slot = np.zeros(len(candidates), dtype=np.int64)
-        order = np.lexsort((slots, after))  # per node: lowest F, then lowest GPU index
-        seen = np.zeros(len(candidates), dtype=np.bool_)
-        for i in order:
-            if not seen[nodes[i]]:
-                seen[nodes[i]] = True
-                best[nodes[i]] = after[i]
-                best_slot[nodes[i]] = slots[i]
-        f_after = best
-    else:
-        trial = free.copy()
-        if pod.num_gpu:
-            full_rank = np.cumsum(trial == FULL, axis=1)
-            trial[(trial == FULL) & (full_rank <= pod.num_gpu)] = 0
-        f_after = model.frag_deduplicated(cpu_after, trial, models)
-    delta = (ctx.node_frag[candidates] - f_after) / 1000.0
-    scores = _fgd_scores(delta)
-    node = pick_highest(scores, candidates)
-    row = int(np.flatnonzero(candidates == node)[0])
-    if pod.is_share:
-        return Placement(node, (int(best_slot[row]),))
-    return Placement(node, tightest_gpu(state, node, pod))
+@dataclass(frozen=True)
+class FragmentationPolicy:
+    """Puts each pod (and, for a share, its GPU) where F grows least.
+
+    ``stranding=False`` is FGD; ``stranding=True`` is ``stowage``, whose F also counts the
+    capacity a run of pods of each shape would strand (see :mod:`.fragmentation`).
+    """
+
+    stranding: bool = False
+
+    def __call__(self, state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Placement | None:
+        model, node_frag = ctx.fragmentation(state, stranding=self.stranding)
+        candidates = np.flatnonzero(state.feasible(pod))
+        if len(candidates) == 0:
+            return None
+        cpu_after = state.cpu_free[candidates] - pod.cpu_milli
+        free = state.gpu_free[candidates]
+        models = state.model_id[candidates]
+        if pod.is_share:
+            nodes, slots = np.nonzero(free >= pod.gpu_milli)
+            trial = free[nodes].copy()
+            trial[np.arange(len(nodes)), slots] -= pod.gpu_milli
+            after = model.frag_deduplicated(cpu_after[nodes], trial, models[nodes])
+            # per node: its lowest F, then its lowest GPU index
+            order = np.lexsort((slots, after))
+            first = np.unique(nodes[order], return_index=True)[1]
+            best_slot = slots[order][first]
+            f_after = after[order][first]
+        else:
+            trial = free.copy()
+            if pod.num_gpu:
+                full_rank = np.cumsum(trial == FULL, axis=1)
+                trial[(trial == FULL) & (full_rank <= pod.num_gpu)] = 0
+            f_after = model.frag_deduplicated(cpu_after, trial, models)
+        delta = (node_frag[candidates] - f_after) / 1000.0
+        node = pick_highest(_fgd_scores(delta), candidates)
+        if pod.is_share:
+            row = int(np.flatnonzero(candidates == node)[0])
+            return Placement(node, (int(best_slot[row]),))
+        return Placement(node, tightest_gpu(state, node, pod))
 
 
 def _fgd_scores(delta: FloatArray) -> IntArray:
@@ -208,6 +246,8 @@ def _fgd_scores(delta: FloatArray) -> IntArray:
 
 
 POLICIES: Final[dict[str, Policy]] = {}
+#: The policy used when none is named.
+DEFAULT_POLICY: Final = "stowage"
 
 
 def register(name: str, policy: Policy) -> None:
@@ -233,6 +273,7 @@ for _name, _policy in (
     ("gpu-packing", _with(_gpu_packing)),
     ("gpu-clustering", _with(_gpu_clustering)),
     ("kube-default", _with(_kube_default)),
-    ("fgd", fgd_policy),
+    ("fgd", FragmentationPolicy()),
+    ("stowage", FragmentationPolicy(stranding=True)),
 ):
     register(_name, _policy)

@@ -19,7 +19,7 @@ from typing import Final
 import numpy as np
 
 from optimizer.planner.cluster import ClusterState, NodeSpec, PodRequest
-from optimizer.planner.fragmentation import FragmentationModel, typical_shapes
+from optimizer.planner.fragmentation import typical_shapes
 from optimizer.planner.policies import PlanContext, policy_or_raise
 
 PERCENT_POINTS: Final = 131  # 0 ... 130
@@ -103,12 +103,8 @@ def fill(
     rng = np.random.default_rng(seed)
     capacity = state.total_gpu_milli
     arrivals = inflate(pods, target_milli=tune * capacity, rng=rng)
-    model = FragmentationModel(typical_shapes(pods), state.models)
-    ctx = PlanContext(
-        rng=np.random.default_rng(seed + 1_000_003),
-        fragmentation=model,
-        node_frag=model.frag(state.cpu_free, state.gpu_free, state.model_id),
-    )
+    ctx = PlanContext(rng=np.random.default_rng(seed + 1_000_003), shapes=typical_shapes(pods))
+    _, node_frag = ctx.fragmentation(state)  # FGD's F, reported for every policy
     alloc: list[float] = []
     frag: list[float] = []
     arrived = 0
@@ -123,7 +119,7 @@ def fill(
         arrived += pod.gpu_request_milli
         while len(alloc) < PERCENT_POINTS and arrived * 100 >= len(alloc) * capacity:
             alloc.append(round(100 * state.allocated_gpu_milli / capacity, 2))
-            frag.append(round(100 * float(ctx.node_frag.sum()) / capacity, 2))  # type: ignore[union-attr]
+            frag.append(round(100 * float(node_frag.sum()) / capacity, 2))
     while len(alloc) < PERCENT_POINTS:
         alloc.append(alloc[-1] if alloc else 0.0)
         frag.append(frag[-1] if frag else 0.0)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optimizer.planner.cluster import FULL, ClusterState, NodeSpec, PodRequest
-from optimizer.planner.fragmentation import FragmentationModel, typical_shapes
+from optimizer.planner.fragmentation import typical_shapes
 from optimizer.planner.gangs import CLUSTER_TOO_SMALL, NO_DOMAIN_FITS, GangRequest, place_gang
 from optimizer.planner.policies import PlanContext, policy_or_raise
 
@@ -25,12 +25,7 @@ def _cluster(racks: int, nodes_per_rack: int) -> tuple[ClusterState, dict[str, l
 
 
 def _ctx(state: ClusterState, pods: list[PodRequest]) -> PlanContext:
-    model = FragmentationModel(typical_shapes(pods), state.models)
-    return PlanContext(
-        rng=np.random.default_rng(0),
-        fragmentation=model,
-        node_frag=model.frag(state.cpu_free, state.gpu_free, state.model_id),
-    )
+    return PlanContext(rng=np.random.default_rng(0), shapes=typical_shapes(pods))
 
 
 def _occupy(state: ClusterState, node: str, gpus: int) -> None:

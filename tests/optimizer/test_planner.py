@@ -58,12 +58,7 @@ pod_strategy = st.builds(
 )
 def test_no_policy_ever_over_allocates(pods: list[PodRequest], policy: str) -> None:
     state = ClusterState.from_nodes(NODES)
-    model = FragmentationModel(typical_shapes(pods), state.models)
-    ctx = PlanContext(
-        rng=np.random.default_rng(1),
-        fragmentation=model,
-        node_frag=model.frag(state.cpu_free, state.gpu_free, state.model_id),
-    )
+    ctx = PlanContext(rng=np.random.default_rng(1), shapes=typical_shapes(pods))
     choose = policy_or_raise(policy)
     for pod in pods:
         feasible = state.feasible(pod)
@@ -102,6 +97,42 @@ def test_fragmentation_by_hand() -> None:
     assert frag[2] == pytest.approx(200)  # too little CPU for any shape: all free GPU counts
 
 
+def test_stranded_capacity_by_hand() -> None:
+    """With stranding, F also counts what a run of pods of each shape would leave behind."""
+    shapes = [
+        Shape(cpu_milli=11_000, num_gpu=1, gpu_milli=FULL, gpu_models=frozenset(), weight=0.5),
+        Shape(cpu_milli=3_000, num_gpu=1, gpu_milli=810, gpu_models=frozenset(), weight=0.5),
+    ]
+    fgd = FragmentationModel(shapes, ["T4"])
+    stowage = FragmentationModel(shapes, ["T4"], stranding=True)
+    cpu, gpu, model = np.array([12_000]), np.array([[1000, 1000, 1000]]), np.array([0])
+    assert fgd.frag(cpu, gpu, model)[0] == 0  # one pod of either shape fits
+    # 11-core pods: CPU for one, so two GPUs are stranded; 810 shares: 4 fit (CPU), one per
+    # GPU, stranding 3 x 190.
+    assert stowage.frag(cpu, gpu, model)[0] == pytest.approx(0.5 * 2000 + 0.5 * 570)
+
+
+def test_stowage_keeps_cpu_for_the_gpus() -> None:
+    """A CPU-only pod goes where its cores do not strand GPUs; FGD cannot tell the nodes
+    apart (one GPU pod still fits on both) and takes the first."""
+    state = ClusterState.from_nodes(
+        [NodeSpec("a", 44_000, 65_536, 4, "T4"), NodeSpec("b", 100_000, 65_536, 4, "T4")]
+    )
+    workload = [_pod(cpu=11_000, gpus=1, milli=FULL)] * 9 + [_pod(cpu=10_000, gpus=0)]
+    chosen = {
+        name: policy_or_raise(name)(
+            state,
+            _pod(cpu=10_000, gpus=0),
+            PlanContext(rng=np.random.default_rng(0), shapes=typical_shapes(workload)),
+        )
+        for name in ("fgd", "stowage")
+    }
+    assert {name: p.node if p else None for name, p in chosen.items()} == {
+        "fgd": 0,
+        "stowage": 1,
+    }
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 3), min_size=3, max_size=3), min_size=1, max_size=40))
 def test_unique_rows_agrees_with_numpy(rows: list[list[int]]) -> None:
@@ -125,12 +156,7 @@ def test_fgd_keeps_whole_gpus_whole() -> None:
     state = ClusterState.from_nodes(NODES)
     state.allocate(3, (0,), _pod(milli=500))  # V100 node: GPU 0 half used
     pods = [_pod(milli=500)] * 5 + [_pod(gpus=1, milli=FULL)] * 5
-    model = FragmentationModel(typical_shapes(pods), state.models)
-    ctx = PlanContext(
-        rng=np.random.default_rng(0),
-        fragmentation=model,
-        node_frag=model.frag(state.cpu_free, state.gpu_free, state.model_id),
-    )
+    ctx = PlanContext(rng=np.random.default_rng(0), shapes=typical_shapes(pods))
     placement = policy_or_raise("fgd")(state, _pod(milli=500), ctx)
     assert placement is not None
     assert (placement.node, placement.gpus) == (3, (0,))
