@@ -7,13 +7,14 @@ tie-break the FGD experiments use. GPUs a node does not have are marked by ``gpu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
+from shared.topology import LinkMatrix
 from shared.units import MILLI_GPU_PER_GPU
 
 FULL: Final = MILLI_GPU_PER_GPU
@@ -31,6 +32,14 @@ class NodeSpec:
     memory_mib: int
     gpus: int
     model: str
+
+
+@dataclass(frozen=True)
+class NodeTopology:
+    """How a node's GPUs are connected (from its agent's report)."""
+
+    links: LinkMatrix
+    numa_of: Mapping[int, int | None]
 
 
 @dataclass(frozen=True)
@@ -68,9 +77,13 @@ class ClusterState:
     gpu_free: IntArray  # (nodes, max GPUs), milli; 0 where absent
     gpu_present: BoolArray
     kinds: IntArray  # pods per node by kind_of(): CPU only, GPU share, whole GPUs
+    #: GPU topology by node name, where known (the simulator's traces have none).
+    topology: Mapping[str, NodeTopology] = field(default_factory=dict)
 
     @classmethod
-    def from_nodes(cls, nodes: Sequence[NodeSpec]) -> ClusterState:
+    def from_nodes(
+        cls, nodes: Sequence[NodeSpec], *, topology: Mapping[str, NodeTopology] | None = None
+    ) -> ClusterState:
         """An empty cluster of ``nodes`` (sorted by name)."""
         ordered = sorted(nodes, key=lambda n: n.name)
         models = sorted({n.model for n in ordered})
@@ -88,6 +101,7 @@ class ClusterState:
             gpu_free=np.where(present, FULL, 0).astype(np.int64),
             gpu_present=present,
             kinds=np.zeros((len(ordered), 3), dtype=np.int64),
+            topology=dict(topology or {}),
         )
 
     @property
@@ -113,6 +127,7 @@ class ClusterState:
             gpu_free=self.gpu_free[rows].copy(),
             gpu_present=self.gpu_present[rows].copy(),
             kinds=self.kinds[rows].copy(),
+            topology=self.topology,
         )
 
     def model_mask(self, pod: PodRequest) -> BoolArray:

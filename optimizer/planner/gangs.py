@@ -1,10 +1,12 @@
 """All-or-nothing placement of a gang of identical pods, optionally within one topology domain.
 
-A gang of ``size`` pods is placed whole or not at all. With a topology constraint at a level
-(``rack``, ``zone``, an NVLink clique, …), every domain of that level is tried: the gang's
-pods are placed one by one with the per-pod policy on a copy of the domain, and among the
-domains that take the whole gang the one whose use leaves the least fragmentation (or, without
-a fragmentation model, the fewest free GPUs) wins, ties to the smallest domain name. A
+A gang of ``size`` pods is placed whole or not at all; an elastic gang (``max_size``) takes as
+many more pods, up to ``max_size``, as fit where its minimum went. With a topology constraint
+at a level (``rack``, ``zone``, an NVLink clique, …), every domain of that level is tried (a
+node without the level's label is in none): the gang's pods are placed one by one with the
+per-pod policy on a copy of the domain, and among the domains that take the whole gang the one
+that takes the most members, then whose use leaves the least fragmentation (or, without a
+fragmentation model, the fewest free GPUs) wins, ties to the smallest domain name. A
 ``required`` constraint that no domain meets leaves the gang waiting, with the reason; a
 ``preferred`` one falls back to the whole cluster. Pure: the state is never modified.
 """
@@ -20,6 +22,8 @@ import numpy as np
 from optimizer.planner.cluster import FULL, ClusterState, IntArray, PodRequest
 from optimizer.planner.policies import Placement, PlanContext, Policy
 
+#: A node without the label of a level (see optimizer.planner.snapshot.NO_DOMAIN).
+NO_DOMAIN: Final = ""
 NO_DOMAIN_FITS: Final = "no-domain-fits"
 CLUSTER_TOO_SMALL: Final = "cluster-too-small"
 
@@ -33,6 +37,15 @@ class GangRequest:
     size: int
     topology_level: str | None = None
     required: bool = True
+    max_size: int | None = None  # elastic: up to this many members when they fit
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"gang {self.name}: size must be at least 1, not {self.size}")
+        if self.max_size is not None and self.max_size < self.size:
+            raise ValueError(
+                f"gang {self.name}: max_size {self.max_size} is below size {self.size}"
+            )
 
 
 @dataclass(frozen=True)
@@ -68,24 +81,33 @@ def place_gang(
     """
     if gang.topology_level is None:
         return _whole_cluster(state, gang, policy=policy, ctx=ctx)
+    if gang.topology_level not in domains:
+        known = ", ".join(domains) or "none"
+        raise ValueError(f"unknown topology level {gang.topology_level!r}; known: {known}")
     labels = np.asarray(domains[gang.topology_level])
-    best: tuple[float, str, tuple[Placement, ...]] | None = None
-    for domain in sorted(set(labels.tolist())):
+    names = sorted(set(labels.tolist()) - {NO_DOMAIN})
+    best: tuple[int, float, str, tuple[Placement, ...]] | None = None
+    for domain in names:
         rows = np.flatnonzero(labels == domain)
         filled = _fill(state, rows, gang, policy=policy, ctx=ctx)
         if filled is None:
             continue
         placed, after = filled
-        cost = _cost(state.subset(rows), after, ctx)
-        if best is None or (cost, domain) < (best[0], best[1]):
-            best = (cost, domain, placed)
+        key = (-len(placed), _cost(state.subset(rows), after, ctx), domain, placed)
+        if best is None or key[:3] < best[:3]:
+            best = key
     if best is not None:
-        return GangDecision(placements=best[2], domain=best[1])
+        return GangDecision(placements=best[3], domain=best[2])
     if not gang.required:
         return _whole_cluster(state, gang, policy=policy, ctx=ctx)
-    largest = max(
-        (_free_whole_gpus(state, np.flatnonzero(labels == d)), d) for d in set(labels.tolist())
-    )
+    if not names:
+        return GangDecision(
+            placements=(),
+            domain=None,
+            code=NO_DOMAIN_FITS,
+            reason=f"no node is labelled with a {gang.topology_level}",
+        )
+    largest = max((_free_whole_gpus(state, np.flatnonzero(labels == d)), d) for d in names)
     return GangDecision(
         placements=(),
         domain=None,
@@ -124,10 +146,12 @@ def _fill(
     trial = state.subset(rows)
     local = ctx.restricted(rows, rng=np.random.default_rng(0))
     placements = []
-    for _ in range(gang.size):
+    for member in range(gang.max_size or gang.size):
         placement = policy(trial, gang.pod, local)
         if placement is None:
-            return None
+            if member < gang.size:
+                return None
+            break
         trial.allocate(placement.node, placement.gpus, gang.pod)
         local.note_placed(trial, placement.node)
         placements.append(Placement(int(rows[placement.node]), placement.gpus))

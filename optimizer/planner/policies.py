@@ -17,6 +17,7 @@ import numpy as np
 
 from optimizer.planner.cluster import FULL, ClusterState, IntArray, PodRequest, kind_of
 from optimizer.planner.fragmentation import FloatArray, FragmentationModel, Shape
+from shared.topology import best_connected_gpus
 
 #: The largest node in the FGD experiments (milli-CPU, milli-GPU), used to normalise.
 MAX_CPU_MILLI: Final = 128_000
@@ -104,14 +105,23 @@ def pick_highest(scores: IntArray, candidates: IntArray) -> int:
 
 def tightest_gpu(state: ClusterState, node: int, pod: PodRequest) -> tuple[int, ...]:
     """Default GPU choice: a share goes to the GPU it fills best; whole GPUs are the
-    lowest-numbered fully free ones."""
+    best-connected fully free set (NVLink bandwidth, then PCIe nearness, then one NUMA node)
+    where the node's topology is known, else the lowest-numbered fully free ones."""
     free = state.gpu_free[node]
     if pod.num_gpu == 0:
         return ()
     if pod.is_share:
         room = np.where(free >= pod.gpu_milli, free, np.iinfo(np.int64).max)
         return (int(np.argmin(room)),)
-    return tuple(int(g) for g in np.flatnonzero(free == FULL)[: pod.num_gpu])
+    whole = [int(g) for g in np.flatnonzero(free == FULL)]
+    topology = state.topology.get(state.names[node])
+    if topology is not None and 1 < pod.num_gpu < len(whole):
+        best = best_connected_gpus(
+            k=pod.num_gpu, candidates=whole, links=topology.links, numa_of=topology.numa_of
+        )
+        if best is not None:
+            return best
+    return tuple(whole[: pod.num_gpu])
 
 
 def _with(

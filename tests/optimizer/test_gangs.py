@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -101,16 +102,34 @@ def test_too_big_for_the_cluster() -> None:
     assert "the cluster has 16 free GPUs" in (decision.reason or "")
 
 
+def test_an_elastic_gang_takes_what_fits_above_its_minimum() -> None:
+    state, domains = _cluster(racks=2, nodes_per_rack=4)
+    _occupy(state, "r0-n0", 8)  # rack r0 has 3 free nodes, r1 has 4
+    gang = GangRequest("elastic", EIGHT_GPUS, size=2, topology_level="rack", max_size=6)
+    decision = place_gang(
+        state,
+        gang,
+        policy=policy_or_raise("stowage"),
+        ctx=_ctx(state, [EIGHT_GPUS]),
+        domains=domains,
+    )
+    assert decision.domain == "r1"  # the rack that takes the most members
+    assert len(decision.placements) == 4
+    with pytest.raises(ValueError, match="below size"):
+        GangRequest("bad", EIGHT_GPUS, size=4, max_size=3)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     busy=st.lists(st.tuples(st.integers(0, 11), st.integers(1, 8)), max_size=12),
     size=st.integers(1, 6),
     gpus=st.sampled_from([1, 2, 4, 8]),
     required=st.booleans(),
-    policy=st.sampled_from(["fgd", "bestfit", "gpu-packing", "kube-default"]),
+    extra=st.sampled_from([0, 0, 3]),
+    policy=st.sampled_from(["stowage", "fgd", "bestfit", "gpu-packing", "kube-default"]),
 )
 def test_never_partial_never_outside_the_required_domain_never_over_allocated(
-    busy: list[tuple[int, int]], size: int, gpus: int, required: bool, policy: str
+    busy: list[tuple[int, int]], size: int, gpus: int, required: bool, extra: int, policy: str
 ) -> None:
     state, domains = _cluster(racks=3, nodes_per_rack=4)
     for row, count in busy:
@@ -119,7 +138,14 @@ def test_never_partial_never_outside_the_required_domain_never_over_allocated(
             _occupy(state, state.names[row], min(count, free))
     before = state.gpu_free.copy()
     pod = PodRequest("w", 4_000, 8_192, gpus, FULL)
-    gang = GangRequest("g", pod, size=size, topology_level="rack", required=required)
+    gang = GangRequest(
+        "g",
+        pod,
+        size=size,
+        topology_level="rack",
+        required=required,
+        max_size=size + extra if extra else None,
+    )
     decision = place_gang(
         state, gang, policy=policy_or_raise(policy), ctx=_ctx(state, [pod]), domains=domains
     )
@@ -132,7 +158,7 @@ def test_never_partial_never_outside_the_required_domain_never_over_allocated(
         assert decision.placements == ()
         assert decision.reason
         return
-    assert len(decision.placements) == size
+    assert size <= len(decision.placements) <= (gang.max_size or size)
     if required:
         racks = {domains["rack"][p.node] for p in decision.placements}
         assert racks == {decision.domain}
