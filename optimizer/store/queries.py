@@ -14,9 +14,18 @@ from typing import Any, Final
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer
 
-from optimizer.store.models import AuditEntry, Gpu, GpuLinkRow, Node, Rollup, Sample
+from optimizer.store.models import (
+    AuditEntry,
+    Gpu,
+    GpuLinkRow,
+    Node,
+    Rollup,
+    Sample,
+    TopologyVersion,
+)
 from optimizer.store.reports import ROLLUP_LEVELS, bucket_start
 from optimizer.summary import GpuState
+from shared.report import NodeReport
 
 
 @dataclass(frozen=True)
@@ -325,3 +334,32 @@ def gpu_states(session: Session, *, idle_util_ratio: float) -> list[GpuState]:
         for name, product, health, is_allocated, is_busy, count, power, energy in rows
         if name in nodes
     ]
+
+
+def latest_topologies(session: Session, *, seen_since: datetime) -> dict[str, NodeReport]:
+    """Each node whose agent reported at or after ``seen_since``: its current topology (host,
+    GPUs, links) as a topology report without samples. Nodes seen earlier are left out, so a
+    caller treats them as stale."""
+    rows = session.execute(
+        select(Node, TopologyVersion.topology)
+        .join(
+            TopologyVersion,
+            (TopologyVersion.node_name == Node.name)
+            & (TopologyVersion.fingerprint == Node.topology_fingerprint),
+        )
+        .where(Node.last_seen >= seen_since)
+    )
+    return {
+        node.name: NodeReport.model_validate(
+            {
+                "node_name": node.name,
+                "agent_version": node.agent_version,
+                "driver_version": node.driver_version,
+                "cuda_version": node.cuda_version,
+                "sequence": node.last_sequence,
+                "collected_at": node.last_collected_at,
+                **topology,
+            }
+        )
+        for node, topology in rows
+    }
