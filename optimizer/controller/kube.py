@@ -22,6 +22,8 @@ R = TypeVar("R")
 
 MERGE_PATCH: Final = "application/merge-patch+json"
 JSON_PATCH: Final = "application/json-patch+json"
+POD_GROUP_GROUP: Final = "scheduling.x-k8s.io"
+POD_GROUP_VERSION: Final = "v1alpha1"
 
 
 @dataclass(frozen=True, order=True)
@@ -78,6 +80,10 @@ def _body(obj: Mapping[str, Any]) -> Any:
     return dict(obj)
 
 
+def _body_list(patch: list[dict[str, Any]]) -> Any:
+    return list(patch)
+
+
 class KubeApi:
     """Typed calls the controller makes, each one RBAC-declared.
 
@@ -89,6 +95,7 @@ class KubeApi:
         self._client = client
         self._core = kubernetes.client.CoreV1Api(client)
         self._coordination = kubernetes.client.CoordinationV1Api(client)
+        self._custom = kubernetes.client.CustomObjectsApi(client)
 
     def _plain(self, obj: Any) -> dict[str, Any]:
         return dict(self._client.sanitize_for_serialization(obj))
@@ -122,6 +129,85 @@ class KubeApi:
         except ApiException as error:
             raise _translate(error) from error
         return self._plain(node)
+
+    # -- namespaces, pods, pod groups -----------------------------------------------------
+
+    @needs("", "namespaces", "list")
+    def opted_in_namespaces(self, label_selector: str) -> set[str]:
+        """Names of the namespaces matching ``label_selector`` (the opt-in label)."""
+        listing = self._core.list_namespace(label_selector=label_selector)
+        return {str(self._plain(ns)["metadata"]["name"]) for ns in listing.items}
+
+    @needs("", "pods", "list")
+    def list_pods(self) -> list[dict[str, Any]]:
+        """Every pod of the cluster (their requests use node capacity wherever they run)."""
+        listing = self._core.list_pod_for_all_namespaces()
+        return [self._plain(pod) for pod in listing.items]
+
+    @needs("", "pods", "get")
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod, or None when it does not exist."""
+        try:
+            return self._plain(self._core.read_namespaced_pod(name, namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise _translate(error) from error
+
+    @needs("", "pods", "patch")
+    def patch_pod(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> dict[str, Any]:
+        """Apply a JSON patch (its ``test`` of resourceVersion makes a stale one a
+        :class:`ConflictError`)."""
+        try:
+            pod = self._core.patch_namespaced_pod(
+                name, namespace, _body_list(patch), _content_type=JSON_PATCH
+            )
+        except ApiException as error:
+            raise _translate(error) from error
+        return self._plain(pod)
+
+    @needs("", "pods/eviction", "create")
+    def evict_pod(self, namespace: str, name: str) -> None:
+        """Evict through the Eviction API; a PodDisruptionBudget's 429 arrives as
+        :class:`RefusedError` (status 429) and must be respected, not retried by force."""
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+        }
+        try:
+            self._core.create_namespaced_pod_eviction(name, namespace, _body(body))
+        except ApiException as error:
+            raise _translate(error) from error
+
+    @needs("scheduling.x-k8s.io", "podgroups", "list")
+    def list_pod_groups(self) -> list[dict[str, Any]]:
+        """scheduler-plugins PodGroups of every namespace (none if the CRD is absent)."""
+        try:
+            listing = self._custom.list_cluster_custom_object(
+                POD_GROUP_GROUP, POD_GROUP_VERSION, "podgroups"
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return []
+            raise _translate(error) from error
+        return list(dict(listing).get("items", []))  # type: ignore[call-overload]
+
+    @needs("scheduling.x-k8s.io", "podgroups/status", "patch")
+    def patch_pod_group_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge ``status`` into the PodGroup's status subresource."""
+        try:
+            self._custom.patch_namespaced_custom_object_status(
+                POD_GROUP_GROUP,
+                POD_GROUP_VERSION,
+                namespace,
+                "podgroups",
+                name,
+                _body({"status": dict(status)}),
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as error:
+            raise _translate(error) from error
 
     # -- leases --------------------------------------------------------------------------
 

@@ -107,7 +107,9 @@ def place_gang(
             code=NO_DOMAIN_FITS,
             reason=f"no node is labelled with a {gang.topology_level}",
         )
-    largest = max((_free_whole_gpus(state, np.flatnonzero(labels == d)), d) for d in names)
+    free = {d: _free_whole_gpus(state, np.flatnonzero(labels == d)) for d in names}
+    roomiest = max(names, key=lambda d: free[d])  # names are sorted: ties to the first
+    largest = (free[roomiest], roomiest)
     return GangDecision(
         placements=(),
         domain=None,

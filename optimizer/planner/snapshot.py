@@ -16,6 +16,7 @@ from typing import Final
 
 from optimizer.planner.cluster import ClusterState, NodeSpec, NodeTopology, PodRequest
 from optimizer.planner.gangs import NO_DOMAIN
+from optimizer.planner.policies import tightest_gpu
 from shared.labels import HOSTNAME_LABEL, NODE_GPU_CLIQUE
 from shared.report import GpuHealth, NodeReport
 from shared.topology import LinkMatrix
@@ -55,7 +56,8 @@ class NodeFacts:
 
 @dataclass(frozen=True)
 class RunningPod:
-    """A pod already bound to a node, with the GPUs it holds."""
+    """A pod already bound (or committed) to a node, with the GPUs it holds; no GPUs named
+    means "whichever the planner would give it" (the device plugin does not say)."""
 
     node: str
     pod: PodRequest
@@ -69,6 +71,8 @@ class Snapshot:
     state: ClusterState
     domains: Mapping[str, Sequence[str]] = field(default_factory=dict)
     levels: tuple[TopologyLevel, ...] = DEFAULT_LEVELS
+    #: Running pods that did not fit their node (lenient builds only): "pod on node: why".
+    unaccounted: tuple[str, ...] = ()
 
     def level_names(self) -> list[str]:
         return [level.name for level in self.levels]
@@ -79,12 +83,15 @@ def build_snapshot(
     running: Sequence[RunningPod] = (),
     *,
     levels: Sequence[TopologyLevel] = DEFAULT_LEVELS,
+    lenient: bool = False,
 ) -> Snapshot:
     """The snapshot of ``nodes`` with ``running`` pods' resources taken.
 
     A GPU the agent reports ``lost`` is not schedulable; ``degraded`` GPUs are kept (the node
-    label says so, and a pod may still tolerate them). Raises ValueError when a running pod
-    holds more than its node has, which means the facts are inconsistent.
+    label says so, and a pod may still tolerate them). A running pod that holds more than its
+    node has left means the facts are inconsistent: ValueError, or with ``lenient`` (facts
+    read from a live cluster, where a node may have shrunk under its pods) the pod is listed
+    in :attr:`Snapshot.unaccounted`. Running pods on unknown nodes are ignored.
     """
     specs = []
     topology: dict[str, NodeTopology] = {}
@@ -110,11 +117,25 @@ def build_snapshot(
             state.gpu_present[row, gpu] = False
             state.gpu_free[row, gpu] = 0
     row_of = {name: row for row, name in enumerate(state.names)}
+    unaccounted = []
     for pod in running:
-        state.allocate(row_of[pod.node], pod.gpus, pod.pod)
+        at = row_of.get(pod.node)
+        if at is None:
+            continue
+        try:
+            if not state.feasible(pod.pod)[at] and not pod.gpus:
+                raise ValueError(f"node {pod.node} is over-allocated")
+            held = pod.gpus or tightest_gpu(state, at, pod.pod)
+            state.allocate(at, held, pod.pod)
+        except ValueError as error:
+            if not lenient:
+                raise
+            unaccounted.append(f"{pod.pod.name} on {pod.node}: {error}")
     by_name = {node.name: node for node in nodes}
     domains = {
         level.name: [by_name[name].labels.get(level.label, NO_DOMAIN) for name in state.names]
         for level in levels
     }
-    return Snapshot(state=state, domains=domains, levels=tuple(levels))
+    return Snapshot(
+        state=state, domains=domains, levels=tuple(levels), unaccounted=tuple(unaccounted)
+    )

@@ -238,3 +238,43 @@ class Recommendation(Base):
     subject: Mapped[str] = mapped_column(String(512))
     payload: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(32))
+
+
+class GangIntent(Base):
+    """A gang admission the controller decided, written before it touches any pod.
+
+    A new leader finishes (or abandons) every intent still ``admitting`` from this record, so
+    a crash between pinning pods and releasing their gates never leaves a partial gang.
+    """
+
+    __tablename__ = "gang_intents"
+
+    plan_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(63))
+    gang: Mapped[str] = mapped_column(String(253))
+    created_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(16))  # admitting | admitted | abandoned
+    #: {"pods": [{"name", "uid", "node", "gpus"}], "domain": str | None}
+    placements: Mapped[dict[str, Any]]
+
+    __table_args__ = (Index("ix_gang_intents_gang", "namespace", "gang"),)
+
+
+class GangStatus(Base):
+    """Each gang's latest state and its explanation, as the leader last wrote them; every
+    replica serves them from here (``GET /v1/gangs``)."""
+
+    __tablename__ = "gang_status"
+
+    namespace: Mapped[str] = mapped_column(String(63), primary_key=True)
+    gang: Mapped[str] = mapped_column(String(253), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16))  # waiting | admitted | timed-out | invalid
+    message: Mapped[str] = mapped_column(Text)
+    size: Mapped[int]
+    members: Mapped[int]
+    queue: Mapped[str | None] = mapped_column(String(63))
+    first_seen: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    plan_id: Mapped[str | None] = mapped_column(String(64))
+    #: {"pods": {pod name: node}} once admitted
+    placement: Mapped[dict[str, Any]]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -38,6 +39,7 @@ from shared.labels import label_key_errors, label_value_errors
 
 #: What the fake serves (kmock answers discovery and 404s for anything else).
 RESOURCES = (
+    "v1/namespaces",
     "v1/nodes",
     "v1/pods",
     "v1/events",
@@ -73,6 +75,9 @@ class FakeApiServer(KubernetesEmulator):
 
     #: (namespace, pod) pairs whose eviction a PodDisruptionBudget refuses with 429.
     refuse_evictions: set[tuple[str, str]] = attrs.field(factory=set)
+    #: After this many more successful writes (PATCH/PUT), every write fails with 503: the
+    #: caller stops mid-way, as if it had crashed. None: no failure.
+    writes_left: int | None = None
     _revisions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -106,6 +111,28 @@ class FakeApiServer(KubernetesEmulator):
         ]
 
     # -- request handling ----------------------------------------------------------------
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock reads "/api/v1/namespaces" as a namespace prefix with no namespace; serve the
+        # Namespace resource (list and get; the controller only reads it) here instead.
+        match = re.fullmatch(r"/api/v1/namespaces(?:/([^/]+))?", raw_request.path)
+        if match is None or raw_request.method != "GET":
+            return await super().__call__(raw_request)
+        namespaces = self.items("namespaces")
+        if match.group(1) is not None:
+            found = [n for n in namespaces if n["metadata"]["name"] == match.group(1)]
+            if not found:
+                return _status(404, "NotFound", f"namespace {match.group(1)!r} not found")
+            return aiohttp.web.json_response(found[0])
+        matches = _selector(dict(raw_request.query))
+        return aiohttp.web.json_response(
+            {
+                "apiVersion": "v1",
+                "kind": "NamespaceList",
+                "metadata": {"resourceVersion": str(next(self._revisions))},
+                "items": [n for n in namespaces if matches(n)],
+            }
+        )
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if request.resource is None:
@@ -153,6 +180,10 @@ class FakeApiServer(KubernetesEmulator):
     async def _write(
         self, request: rendering.Request, *, replace: bool
     ) -> aiohttp.web.StreamResponse:
+        if self.writes_left is not None:
+            if self.writes_left <= 0:
+                raise _RefusedError(503, "ServiceUnavailable", "injected failure")
+            self.writes_left -= 1
         content_type = request.headers.get("Content-Type", "application/json").split(";")[0]
         async with self._lock:
             stored = self._find(request)

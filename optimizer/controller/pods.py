@@ -1,0 +1,261 @@
+"""Reading pods and nodes (API JSON) into the planner's terms; pure, no API calls.
+
+Gangs are declared on pods, by label or annotation (labels win):
+
+======================================  ==================================================
+``stowage.io/gang``                     the gang's name (pods of a namespace with the same
+                                        name form one gang)
+``stowage.io/gang-size``                min members: nothing is released before this many
+``stowage.io/gang-max``                 optional max members (an elastic gang)
+``stowage.io/queue``                    the queue the gang waits in
+``stowage.io/topology-required``        a topology level all members must share (``rack``)
+``stowage.io/topology-preferred``       a level to try first, falling back to anywhere
+``stowage.io/gang-timeout``             seconds to wait before a ``GangTimeout`` event
+``scheduling.x-k8s.io/pod-group``       compatibility: the gang is the PodGroup, its
+                                        ``spec.minMember`` the size
+======================================  ==================================================
+
+A GPU share is ``nvidia.com/gpu: 1`` plus the annotation ``stowage.io/gpu-milli`` (1-999).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+from kubernetes.utils import parse_quantity
+
+from optimizer.planner.cluster import FULL, PodRequest
+from shared.labels import (
+    GANG,
+    GANG_MAX,
+    GANG_SIZE,
+    GANG_TIMEOUT,
+    NON_PREEMPTIBLE,
+    POD_GROUP_LABEL,
+    QUEUE,
+    SCHEDULING_GATE,
+    TOPOLOGY_PREFERRED,
+    TOPOLOGY_REQUIRED,
+)
+
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+GPU_MILLI: Final = "stowage.io/gpu-milli"
+#: How long a gang waits before its first GangTimeout event, when it does not say.
+DEFAULT_TIMEOUT_S: Final = 600
+MAX_GANG_SIZE: Final = 10_000
+
+
+class SpecError(ValueError):
+    """A pod's gang declaration or resources are malformed; the message is for a person."""
+
+
+@dataclass(frozen=True)
+class GangSpec:
+    """A gang as its pods declare it."""
+
+    namespace: str
+    name: str
+    size: int
+    max_size: int | None = None
+    queue: str | None = None
+    topology_level: str | None = None
+    required: bool = True
+    timeout_s: int = DEFAULT_TIMEOUT_S
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+
+def _declared(pod: Mapping[str, Any], key: str) -> str | None:
+    meta = pod.get("metadata", {})
+    for source in (meta.get("labels") or {}, meta.get("annotations") or {}):
+        if key in source:
+            return str(source[key])
+    return None
+
+
+def is_gang_member(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod declares a gang (or a PodGroup)."""
+    return _declared(pod, GANG) is not None or _declared(pod, POD_GROUP_LABEL) is not None
+
+
+def declared_gang(pod: Mapping[str, Any]) -> str | None:
+    """The gang (or PodGroup) name the pod declares, unvalidated."""
+    return _declared(pod, GANG) or _declared(pod, POD_GROUP_LABEL)
+
+
+def is_gated(pod: Mapping[str, Any]) -> bool:
+    """Whether Stowage's scheduling gate still holds the pod."""
+    gates = pod.get("spec", {}).get("schedulingGates") or []
+    return any(g.get("name") == SCHEDULING_GATE for g in gates)
+
+
+def is_preemptible(pod: Mapping[str, Any]) -> bool:
+    """False for pods marked ``stowage.io/non-preemptible=true``."""
+    return (_declared(pod, NON_PREEMPTIBLE) or "").lower() != "true"
+
+
+def _int(pod: Mapping[str, Any], key: str, *, low: int, high: int) -> int | None:
+    text = _declared(pod, key)
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise SpecError(f"{key}={text!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise SpecError(f"{key}={value} is outside {low}..{high}")
+    return value
+
+
+def gang_spec(
+    pod: Mapping[str, Any],
+    *,
+    pod_groups: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+    levels: Sequence[str] = (),
+) -> GangSpec:
+    """The gang ``pod`` belongs to; raises :class:`SpecError` saying what is wrong."""
+    meta = pod.get("metadata", {})
+    namespace = meta.get("namespace") or "default"
+    name = _declared(pod, GANG)
+    size = _int(pod, GANG_SIZE, low=1, high=MAX_GANG_SIZE)
+    group = _declared(pod, POD_GROUP_LABEL)
+    if name is None and group is not None:
+        found = (pod_groups or {}).get((namespace, group))
+        if found is None:
+            raise SpecError(f"PodGroup {group!r} does not exist in namespace {namespace}")
+        name = group
+        size = size or int(found.get("spec", {}).get("minMember") or 1)
+    if name is None:
+        raise SpecError(f"the pod declares no {GANG}")
+    if size is None:
+        raise SpecError(f"{GANG}={name} needs {GANG_SIZE} (the number of members)")
+    max_size = _int(pod, GANG_MAX, low=1, high=MAX_GANG_SIZE)
+    if max_size is not None and max_size < size:
+        raise SpecError(f"{GANG_MAX}={max_size} is below {GANG_SIZE}={size}")
+    required = _declared(pod, TOPOLOGY_REQUIRED)
+    preferred = _declared(pod, TOPOLOGY_PREFERRED)
+    if required and preferred:
+        raise SpecError(f"set {TOPOLOGY_REQUIRED} or {TOPOLOGY_PREFERRED}, not both")
+    level = required or preferred
+    if level and levels and level not in levels:
+        raise SpecError(f"unknown topology level {level!r}; known: {', '.join(levels)}")
+    timeout = _int(pod, GANG_TIMEOUT, low=1, high=7 * 24 * 3600)
+    return GangSpec(
+        namespace=namespace,
+        name=name,
+        size=size,
+        max_size=max_size,
+        queue=_declared(pod, QUEUE),
+        topology_level=level or None,
+        required=bool(required),
+        timeout_s=timeout or DEFAULT_TIMEOUT_S,
+    )
+
+
+def _sum(containers: Sequence[Mapping[str, Any]], resource: str) -> Decimal:
+    total = Decimal(0)
+    for container in containers:
+        requests = (container.get("resources") or {}).get("requests") or {}
+        limits = (container.get("resources") or {}).get("limits") or {}
+        value = requests.get(resource, limits.get(resource) if resource == GPU_RESOURCE else None)
+        if value is not None:
+            total += parse_quantity(value)
+    return total
+
+
+def pod_request(pod: Mapping[str, Any]) -> PodRequest:
+    """CPU, memory and GPUs the pod asks for (init containers: the largest of each)."""
+    spec = pod.get("spec", {})
+    containers = spec.get("containers") or []
+    inits = spec.get("initContainers") or []
+
+    def need(resource: str) -> Decimal:
+        app = _sum(containers, resource)
+        init = max((_sum([c], resource) for c in inits), default=Decimal(0))
+        return max(app, init)
+
+    try:
+        cpu = int(need("cpu") * 1000)
+        memory = int(need("memory") / (1024 * 1024))
+        gpus = int(need(GPU_RESOURCE))
+    except (ValueError, ArithmeticError) as error:
+        raise SpecError(f"unreadable resource request: {error}") from None
+    milli = FULL
+    share = _declared(pod, GPU_MILLI)
+    if share is not None:
+        if gpus != 1:
+            raise SpecError(f"{GPU_MILLI} needs exactly one {GPU_RESOURCE}, not {gpus}")
+        milli = _int(pod, GPU_MILLI, low=1, high=FULL) or FULL
+    return PodRequest(
+        name=pod.get("metadata", {}).get("name", ""),
+        cpu_milli=cpu,
+        memory_mib=memory,
+        num_gpu=gpus,
+        gpu_milli=milli if gpus else 0,
+    )
+
+
+def node_allocatable(node: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(milli-CPU, MiB, GPUs) the node offers to pods."""
+    allocatable = node.get("status", {}).get("allocatable") or {}
+    cpu = int(parse_quantity(allocatable.get("cpu", "0")) * 1000)
+    memory = int(parse_quantity(allocatable.get("memory", "0")) / (1024 * 1024))
+    gpus = int(parse_quantity(allocatable.get(GPU_RESOURCE, "0")))
+    return cpu, memory, gpus
+
+
+def pinned_node(pod: Mapping[str, Any]) -> str | None:
+    """The node a required hostname affinity pins the pod to (what Stowage writes)."""
+    affinity = pod.get("spec", {}).get("affinity") or {}
+    required = (affinity.get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for expression in term.get("matchExpressions") or []:
+            if (
+                expression.get("key") == "kubernetes.io/hostname"
+                and expression.get("operator") == "In"
+                and len(expression.get("values") or []) == 1
+            ):
+                return str(expression["values"][0])
+    return None
+
+
+def pin_patch(pod: Mapping[str, Any], node: str) -> list[dict[str, Any]]:
+    """A JSON patch that adds a required ``kubernetes.io/hostname In [node]`` to every node
+    selector term (Kubernetes lets a gated pod's affinity be narrowed, never widened),
+    guarded by the pod's resourceVersion."""
+    expression = {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+    affinity = dict(pod.get("spec", {}).get("affinity") or {})
+    node_affinity = dict(affinity.get("nodeAffinity") or {})
+    required = dict(node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    terms = [dict(t) for t in required.get("nodeSelectorTerms") or []] or [{}]
+    for term in terms:
+        term["matchExpressions"] = [*(term.get("matchExpressions") or []), expression]
+    required["nodeSelectorTerms"] = terms
+    node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = required
+    affinity["nodeAffinity"] = node_affinity
+    return [
+        _guard(pod),
+        {"op": "add", "path": "/spec/affinity", "value": affinity},
+    ]
+
+
+def ungate_patch(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A JSON patch that removes Stowage's scheduling gate (and no other), guarded."""
+    gates = [
+        g
+        for g in pod.get("spec", {}).get("schedulingGates") or []
+        if g.get("name") != SCHEDULING_GATE
+    ]
+    return [_guard(pod), {"op": "replace", "path": "/spec/schedulingGates", "value": gates}]
+
+
+def _guard(pod: Mapping[str, Any]) -> dict[str, Any]:
+    version = pod["metadata"]["resourceVersion"]
+    return {"op": "test", "path": "/metadata/resourceVersion", "value": version}
