@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.concurrency import run_in_threadpool
 
-from optimizer.api import audit, cluster, gpus, health, nodes, reports
+from optimizer.api import audit, cluster, gangs, gpus, health, nodes, reports, webhook
 from optimizer.api.state import ApiMetrics, AppState
 from optimizer.auth import Authenticator
 from optimizer.ingest import IngestQueue
@@ -98,7 +98,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.stowage = state
-    for module in (reports, nodes, cluster, gpus, audit, health):
+    for module in (reports, nodes, cluster, gpus, gangs, audit, health, webhook):
         app.include_router(module.router)
 
     @app.exception_handler(OperationalError)
