@@ -26,6 +26,8 @@ from typing import Any, Final, Protocol
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from optimizer.rbac import needs
+
 NODE_NAME_EXTRA: Final = "authentication.kubernetes.io/node-name"
 
 
@@ -155,6 +157,7 @@ class TokenReviewer:
         return Principal(subject=nodes[0], role=Role.AGENT)
 
 
+@needs("authentication.k8s.io", "tokenreviews", "create")
 def kubernetes_token_review(
     *, audience: str, api_client: Any | None = None
 ) -> Callable[[str], dict[str, Any]]:

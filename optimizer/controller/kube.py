@@ -1,51 +1,26 @@
 """The controller's only door to Kubernetes: a thin adapter over the official client.
 
-Every method declares the RBAC permission it uses (:func:`needs`), so :data:`PERMISSIONS`
-is the complete list of what the code may ask the API server for; a test checks that the
-Helm chart grants each of them and nothing is used that is not granted. Objects cross this
+Every method declares the RBAC permission it uses (:func:`optimizer.rbac.needs`), so the
+Helm chart's grants can be checked against the code (see :mod:`optimizer.rbac`). Objects cross this
 boundary as plain dicts in the API's own JSON shape (``metadata.resourceVersion``), so the
 code behind it never sees client model classes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from datetime import datetime
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final
 
 import kubernetes
 from kubernetes.client import ApiException
 
-P = ParamSpec("P")
-R = TypeVar("R")
+from optimizer.rbac import needs
 
 MERGE_PATCH: Final = "application/merge-patch+json"
 JSON_PATCH: Final = "application/json-patch+json"
 POD_GROUP_GROUP: Final = "scheduling.x-k8s.io"
 POD_GROUP_VERSION: Final = "v1alpha1"
-
-
-@dataclass(frozen=True, order=True)
-class Permission:
-    """One RBAC rule entry: API group ("" for core), resource (with subresource), verb."""
-
-    group: str
-    resource: str
-    verb: str
-
-
-PERMISSIONS: Final[set[Permission]] = set()
-
-
-def needs(group: str, resource: str, *verbs: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Record that the decorated call uses ``verbs`` on ``group``/``resource``."""
-
-    def register(function: Callable[P, R]) -> Callable[P, R]:
-        PERMISSIONS.update(Permission(group, resource, verb) for verb in verbs)
-        return function
-
-    return register
 
 
 class ConflictError(Exception):
