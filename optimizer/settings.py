@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -100,6 +101,26 @@ class OptimizerSettings(BaseSettings):
         default_factory=dict,
         description="Pool name -> regular expression on node names; the first match names a "
         "node's pool (JSON object in the environment, a mapping in the YAML file).",
+    )
+    controller: Literal["off", "dry-run", "enforce"] = Field(
+        default="off",
+        description="The Kubernetes controller (node labels, gang admission): off; dry-run "
+        "(plans, events, audit, no mutation); enforce.",
+    )
+    controller_namespace: str = Field(
+        default="stowage", description="Namespace of the leader-election Lease (the pod's own)."
+    )
+    controller_identity: str = Field(
+        default_factory=socket.gethostname,
+        description="This replica's name in the Lease (default: the host name, the pod name).",
+    )
+    controller_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=10.0, description="Seconds between controller cycles."
+    )
+    lease_duration_s: Annotated[int, Field(ge=3, le=600)] = Field(
+        default=15,
+        description="Leader lease: another replica takes over this long after the "
+        "leader's last renewal.",
     )
     request_shapes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
         default=[8, 4, 2],

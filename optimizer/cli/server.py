@@ -1,6 +1,9 @@
 """``stowage-optimizer``: serve the API, and manage the database."""
 
+import contextlib
 import logging
+import threading
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
@@ -93,15 +96,54 @@ def serve(
     if authenticator is None:
         logging.getLogger(__name__).warning("authentication disabled (auth=none)")
     application = create_app(settings, authenticator=authenticator)
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
-        ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
-        log_level="warning",
-        access_log=False,
+    with _controller(settings):
+        uvicorn.run(
+            application,
+            host=settings.host,
+            port=settings.port,
+            ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
+            ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
+            log_level="warning",
+            access_log=False,
+        )
+
+
+@contextlib.contextmanager
+def _controller(settings: OptimizerSettings) -> Iterator[None]:
+    """Run the Kubernetes controller beside the API when the settings ask for it (in-cluster
+    configuration, or the kubeconfig outside a cluster)."""
+    if settings.controller == "off":
+        yield
+        return
+    import kubernetes
+
+    from optimizer.controller.kube import KubeApi
+    from optimizer.controller.loop import Controller
+
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    engine = make_engine(settings.database_url)
+    controller = Controller(KubeApi(kubernetes.client.ApiClient()), engine, settings)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=controller.run,
+        args=(stop,),
+        kwargs={"interval_s": settings.controller_interval_s},
+        name="controller",
+        daemon=True,
     )
+    thread.start()
+    logging.getLogger(__name__).warning(
+        "controller running (%s) as %s", settings.controller, settings.controller_identity
+    )
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=settings.controller_interval_s + 5)
+        engine.dispose()
 
 
 @db_app.command("upgrade")

@@ -1,0 +1,94 @@
+"""The controller: every replica runs it, only the elected leader acts.
+
+Each cycle the replica tries to acquire or renew the Lease; as leader it brings node labels in
+line with the agents' latest reports and runs a gang admission cycle. Followers do nothing but
+keep trying for the lease (they serve the HTTP API all along). A failed cycle is logged and the
+next one starts fresh from the cluster and the database, which is what makes a crash harmless.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from optimizer.controller.admission import GangAdmitter
+from optimizer.controller.audit import StoreAudit
+from optimizer.controller.kube import KubeApi
+from optimizer.controller.leader import LeaderElector
+from optimizer.controller.node_labels import NodeLabeller
+from optimizer.settings import OptimizerSettings
+from optimizer.store.queries import latest_topologies
+from shared.report import NodeReport
+
+log = structlog.get_logger(__name__)
+
+#: The Lease replicas compete for.
+LEASE_NAME = "stowage-controller"
+
+
+class Controller:
+    """One replica's controller.
+
+    Args:
+        api: the Kubernetes adapter.
+        engine: the optimizer's database.
+        settings: mode, identity, lease and pool settings.
+        clock: the current time.
+    """
+
+    def __init__(
+        self,
+        api: KubeApi,
+        engine: Engine,
+        settings: OptimizerSettings,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        if settings.controller == "off":
+            raise ValueError("the controller is off (STOWAGE_CONTROLLER)")
+        self._engine = engine
+        self._clock = clock
+        self._stale_after = timedelta(seconds=settings.stale_after_s)
+        dry_run = settings.controller == "dry-run"
+        audit = StoreAudit(engine, actor=settings.controller_identity, clock=clock)
+        self.elector = LeaderElector(
+            api,
+            namespace=settings.controller_namespace,
+            name=LEASE_NAME,
+            identity=settings.controller_identity,
+            lease_duration=timedelta(seconds=settings.lease_duration_s),
+            clock=clock,
+        )
+        self.labeller = NodeLabeller(api, audit, pool_of=settings.pool_of, dry_run=dry_run)
+        self.admitter = GangAdmitter(
+            api, engine, audit, reports=self.reports, dry_run=dry_run, clock=clock
+        )
+
+    def reports(self) -> Mapping[str, NodeReport]:
+        """The latest topology of every node whose agent is not stale."""
+        with Session(self._engine) as session:
+            return latest_topologies(session, seen_since=self._clock() - self._stale_after)
+
+    def step(self) -> bool:
+        """One cycle; returns whether this replica led it."""
+        if not self.elector.step():
+            return False
+        try:
+            self.labeller.sync(self.reports())
+            if self.elector.is_leader:  # the lease may lapse during a slow pass
+                self.admitter.cycle()
+        except Exception:
+            log.exception("controller cycle failed; the next one starts afresh")
+        return True
+
+    def run(self, stop: threading.Event, *, interval_s: float) -> None:
+        """Cycle until ``stop`` is set, then hand the lease over."""
+        while not stop.is_set():
+            self.step()
+            stop.wait(interval_s)
+        self.elector.release()

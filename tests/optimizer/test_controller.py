@@ -1,0 +1,95 @@
+"""Two controller replicas against one fake API server and one database: only the leader acts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from optimizer.controller.kube import KubeApi
+from optimizer.controller.loop import Controller
+from optimizer.settings import OptimizerSettings
+from optimizer.store.queries import audit_entries
+from optimizer.store.reports import ingest_report
+from shared.labels import NODE_GPU_COUNT
+from shared.samples import DGX_H100, build_report
+from tests.fakes.kube import FakeApiServer, serve
+from tests.optimizer.conftest import WallClock
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[FakeApiServer, KubeApi]]:
+    with serve() as (server, client):
+        server.put("v1/nodes", {"metadata": {"name": "gpu-1", "labels": {"team": "a"}}})
+        yield server, KubeApi(client)
+
+
+def _settings(tmp_path: Path, identity: str) -> OptimizerSettings:
+    return OptimizerSettings(
+        database_url=f"sqlite:///{tmp_path / 'unused.db'}",
+        auth="none",
+        controller="enforce",
+        controller_identity=identity,
+        lease_duration_s=15,
+        stale_after_s=60,
+    )
+
+
+def test_only_the_leader_mutates_and_the_other_takes_over(
+    cluster: tuple[FakeApiServer, KubeApi], engine: Engine, tmp_path: Path
+) -> None:
+    server, api = cluster
+    clock = WallClock()
+    with Session(engine) as session, session.begin():
+        ingest_report(
+            session,
+            build_report(DGX_H100, node_name="gpu-1", collected_at=clock()),
+            received_at=clock(),
+        )
+    a = Controller(api, engine, _settings(tmp_path, "replica-a"), clock=clock)
+    b = Controller(api, engine, _settings(tmp_path, "replica-b"), clock=clock)
+    assert a.step()
+    assert not b.step()
+    node = server.get("nodes", None, "gpu-1")
+    assert node is not None
+    assert node["metadata"]["labels"][NODE_GPU_COUNT] == "8"
+    # The labels drift (someone removed ours); a keeps leading and repairs them, b stays idle.
+    server.objects["v1/nodes", None, "gpu-1"].patch(
+        {"metadata": {"labels": {NODE_GPU_COUNT: None}}}
+    )
+    clock.advance(5)
+    with Session(engine) as session, session.begin():
+        ingest_report(
+            session,
+            build_report(DGX_H100, node_name="gpu-1", collected_at=clock()),
+            received_at=clock(),
+        )
+    assert not b.step()
+    assert a.step()
+    with Session(engine) as session:
+        actors = [e["actor"] for e in audit_entries(session)]
+    assert actors == ["replica-a", "replica-a"]
+    # a stops; b takes over within the lease and is the only one acting from then on
+    clock.advance(16)
+    server.objects["v1/nodes", None, "gpu-1"].patch(
+        {"metadata": {"labels": {NODE_GPU_COUNT: None}}}
+    )
+    with Session(engine) as session, session.begin():
+        ingest_report(
+            session,
+            build_report(DGX_H100, node_name="gpu-1", collected_at=clock()),
+            received_at=clock(),
+        )
+    assert b.step()
+    with Session(engine) as session:
+        assert audit_entries(session)[0]["actor"] == "replica-b"
+    assert server.get("nodes", None, "gpu-1")["metadata"]["labels"][NODE_GPU_COUNT] == "8"  # type: ignore[index]
+
+
+def test_the_controller_is_off_unless_asked(tmp_path: Path, engine: Engine) -> None:
+    settings = _settings(tmp_path, "x").model_copy(update={"controller": "off"})
+    with pytest.raises(ValueError, match="off"):
+        Controller(None, engine, settings)  # type: ignore[arg-type]
