@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from optimizer.api.app import create_app
 from optimizer.settings import OptimizerSettings
+from optimizer.store import migrate
 from optimizer.store.engine import make_engine
 from optimizer.store.models import AuditEntry, Sample
 from shared.report import NodeReport
@@ -215,7 +216,10 @@ def test_readyz_needs_a_migrated_schema(settings: OptimizerSettings, tmp_path: A
 
 
 def test_readyz_reports_the_revision(client: TestClient) -> None:
-    assert client.get("/readyz").json() == {"status": "ready", "schema_revision": "0001"}
+    assert client.get("/readyz").json() == {
+        "status": "ready",
+        "schema_revision": migrate.head_revision(),
+    }
 
 
 def test_metrics_pass_promtool(client: TestClient, clock: WallClock) -> None:

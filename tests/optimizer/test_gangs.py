@@ -71,7 +71,7 @@ def test_with_room_for_three_nothing_is_placed_and_the_reason_says_why() -> None
     assert decision.placements == ()
     assert decision.code == NO_DOMAIN_FITS
     assert decision.reason == (
-        "needs 4 x 8 GPUs in one rack; the rack with the most room (r1) has 28 free GPUs"
+        "needs 4 x 8 GPUs in one rack; the rack with the most room (r0) has 28 free GPUs"
     )
 
 
