@@ -35,7 +35,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from optimizer.controller.audit import Audit
-from optimizer.controller.kube import ConflictError, KubeApi, NotFoundError
+from optimizer.controller.kube import ConflictError, KubeApi, NotFoundError, RefusedError
 from optimizer.controller.pods import (
     GangSpec,
     SpecError,
@@ -43,6 +43,7 @@ from optimizer.controller.pods import (
     gang_spec,
     is_gang_member,
     is_gated,
+    is_preemptible,
     node_allocatable,
     pin_patch,
     pinned_node,
@@ -138,6 +139,12 @@ class GangAdmitter:
         self._retry_at: dict[tuple[str, str], datetime] = {}
         self._backoff: dict[tuple[str, str], timedelta] = {}
         self._told: set[tuple[Any, str]] = set()  # (pod uid or gang key, message) reported
+        # this cycle's inputs, kept for preemption trials
+        self._enabled: set[str] = set()
+        self._pods: list[dict[str, Any]] = []
+        self._facts: list[NodeFacts] = []
+        self._running: list[tuple[str | None, RunningPod]] = []
+        self._placed: list[RunningPod] = []
 
     # -- the cycle -----------------------------------------------------------------------
 
@@ -153,6 +160,9 @@ class GangAdmitter:
         }
         gangs, outcomes = self._gangs(pods, enabled, groups)
         intents = self._open_intents()
+        self._enabled = enabled
+        self._pods = pods
+        self._placed = []
         snapshot = self._snapshot(self._api.list_nodes(), pods, intents)
         for problem in snapshot.unaccounted:
             log.warning("running pod not accounted", problem=problem)
@@ -207,7 +217,7 @@ class GangAdmitter:
         intents: Sequence[GangIntent],
     ) -> Snapshot:
         reports = self._reports()
-        facts = []
+        facts: list[NodeFacts] = []
         for node in nodes:
             meta = node["metadata"]
             labels = meta.get("labels") or {}
@@ -228,7 +238,7 @@ class GangAdmitter:
         for intent in intents:
             for slot in intent.placements["pods"]:
                 committed[slot["uid"]] = (slot["node"], tuple(slot["gpus"]))
-        running = []
+        running: list[tuple[str | None, RunningPod]] = []
         present = set()
         for pod in pods:
             if _finished(pod) or not pod.get("spec"):
@@ -242,13 +252,14 @@ class GangAdmitter:
             elif not host and not is_gated(pod):
                 host = pinned_node(pod)  # released by us, not bound yet
             if host:
-                running.append(RunningPod(host, pod_request(pod), held))
+                running.append((uid, RunningPod(host, pod_request(pod), held)))
         for intent in intents:  # slots whose pod is gone: keep their room for the twin
             for slot in intent.placements["pods"]:
                 if slot["uid"] not in present:
                     request = PodRequest(slot["name"], *slot["request"])
-                    running.append(RunningPod(slot["node"], request, tuple(slot["gpus"])))
-        return build_snapshot(facts, running, levels=self._levels, lenient=True)
+                    running.append((None, RunningPod(slot["node"], request, tuple(slot["gpus"]))))
+        self._facts, self._running = facts, running
+        return build_snapshot(facts, [pod for _, pod in running], levels=self._levels, lenient=True)
 
     # -- deciding ------------------------------------------------------------------------
 
@@ -287,27 +298,27 @@ class GangAdmitter:
         if key in self._retry_at and now < self._retry_at[key]:
             return Outcome(spec.namespace, spec.name, TIMED_OUT, status.message if status else "")
         request = _largest([pod_request(p) for p in gated])
+        wanted = GangRequest(
+            spec.name,
+            request,
+            size=need,
+            topology_level=spec.topology_level,
+            required=spec.required,
+            max_size=min(len(gated), spec.max_size or len(gated)),
+        )
         decision = place_gang(
-            snapshot.state,
-            GangRequest(
-                spec.name,
-                request,
-                size=need,
-                topology_level=spec.topology_level,
-                required=spec.required,
-                max_size=min(len(gated), spec.max_size or len(gated)),
-            ),
-            policy=self._policy,
-            ctx=ctx,
-            domains=snapshot.domains,
+            snapshot.state, wanted, policy=self._policy, ctx=ctx, domains=snapshot.domains
         )
         if not decision.admitted:
-            return self._wait(gang, WAITING, decision.reason or "no room", now, groups)
+            reason = decision.reason or "no room"
+            reason += self._preempt(gang, wanted, ctx, now)
+            return self._wait(gang, WAITING, reason, now, groups)
         placements = list(zip(gated, decision.placements, strict=False))
+        names = snapshot.state.names
         for _, placement in placements:
             snapshot.state.allocate(placement.node, placement.gpus, request)
             ctx.note_placed(snapshot.state, placement.node)
-        names = snapshot.state.names
+            self._placed.append(RunningPod(names[placement.node], request, placement.gpus))
         where = {pod["metadata"]["name"]: names[p.node] for pod, p in placements}
         domain = f" in {spec.topology_level} {decision.domain}" if decision.domain else ""
         message = f"admitted {len(placements)} pods{domain}: " + ", ".join(
@@ -354,6 +365,105 @@ class GangAdmitter:
         self._retry_at.pop(key, None)
         self._backoff.pop(key, None)
         return Outcome(spec.namespace, spec.name, ADMITTED, message, where)
+
+    # -- preemption ----------------------------------------------------------------------
+
+    def _preempt(self, gang: GangView, wanted: GangRequest, ctx: PlanContext, now: datetime) -> str:
+        """Evict the fewest lower-priority gangs whose room lets ``wanted`` fit (lowest
+        priority, then newest, first); returns a clause for the waiting message. Whole gangs
+        only, never a non-preemptible one; a PodDisruptionBudget's 429 stops it (the plan is
+        redone next cycle, nothing is forced)."""
+        priority = _priority(gang.members)
+        candidates = self._victims(below=priority, exclude=gang.spec.key)
+        if not candidates:
+            return ""
+        chosen: list[GangView] = []
+        for victim in candidates:
+            chosen.append(victim)
+            freed = {p["metadata"].get("uid") for v in chosen for p in v.members}
+            running = [pod for uid, pod in self._running if uid not in freed] + self._placed
+            trial = build_snapshot(self._facts, running, levels=self._levels, lenient=True)
+            local = PlanContext(rng=np.random.default_rng(0), shapes=ctx.shapes)
+            if place_gang(
+                trial.state, wanted, policy=self._policy, ctx=local, domains=trial.domains
+            ).admitted:
+                break
+        else:
+            return f"; preempting every lower-priority gang ({len(candidates)}) would not make room"
+        names = ", ".join(f"{v.spec.namespace}/{v.spec.name}" for v in chosen)
+        clause = f"; {len(chosen)} lower-priority gang(s) could be preempted: {names}"
+        if self._dry_run:
+            for victim in chosen:
+                self._audit(
+                    verb="preempt-gang",
+                    obj=f"gang/{victim.spec.namespace}/{victim.spec.name}",
+                    reason=f"for gang {gang.spec.namespace}/{gang.spec.name} (priority {priority})",
+                    outcome="dry-run",
+                )
+            return clause
+        plan_id = uuid.uuid4().hex
+        for victim in chosen:
+            why = (
+                f"preempted by gang {gang.spec.namespace}/{gang.spec.name} (priority "
+                f"{priority}), which needs {wanted.size} pods and cannot fit otherwise"
+            )
+            for pod in sorted(victim.members, key=lambda p: p["metadata"]["name"]):
+                meta = pod["metadata"]
+                try:
+                    self._api.evict_pod(meta.get("namespace") or "default", meta["name"])
+                except RefusedError as refused:
+                    if refused.status != 429:
+                        raise
+                    self._audit(
+                        verb="evict-pod",
+                        obj=f"pod/{meta.get('namespace')}/{meta['name']}",
+                        reason=f"{why}; refused by a PodDisruptionBudget",
+                        outcome="refused:429",
+                        plan_id=plan_id,
+                    )
+                    return (
+                        f"; preempting {victim.spec.namespace}/{victim.spec.name} was refused "
+                        "by a PodDisruptionBudget; the plan is redone next cycle"
+                    )
+                self._audit(
+                    verb="evict-pod",
+                    obj=f"pod/{meta.get('namespace')}/{meta['name']}",
+                    reason=why,
+                    outcome="applied",
+                    plan_id=plan_id,
+                )
+                self._event(pod, "Preempted", why, kind="Warning")
+        return f"; preempting {len(chosen)} lower-priority gang(s): {names}"
+
+    def _victims(self, *, below: int, exclude: tuple[str, str]) -> list[GangView]:
+        """Running gangs (every member released) of lower priority whose members are all
+        preemptible, lowest priority first, then newest first."""
+        running: dict[tuple[str, str], GangView] = {}
+        for pod in self._pods:
+            meta = pod["metadata"]
+            if meta.get("namespace") not in self._enabled or not is_gang_member(pod):
+                continue
+            if _finished(pod) or meta.get("deletionTimestamp"):
+                continue
+            name = declared_gang(pod)
+            key = (meta.get("namespace") or "default", name or "")
+            view = running.setdefault(key, GangView(GangSpec(key[0], key[1], size=1)))
+            view.members.append(pod)
+        eligible = [
+            v
+            for key, v in running.items()
+            if key != exclude
+            and not v.gated
+            and all(is_preemptible(p) for p in v.members)
+            and _priority(v.members) < below
+        ]
+        newest = {
+            v.spec.key: max(p["metadata"].get("creationTimestamp") or "" for p in v.members)
+            for v in eligible
+        }
+        eligible.sort(key=lambda v: newest[v.spec.key], reverse=True)
+        eligible.sort(key=lambda v: _priority(v.members))
+        return eligible
 
     def _wait(
         self,
@@ -587,6 +697,11 @@ class GangAdmitter:
             self._api.patch_pod_group_status(spec.namespace, spec.name, {"conditions": [condition]})
         except Exception:
             log.exception("PodGroup condition not written", gang=spec.name)
+
+
+def _priority(pods: Iterable[Mapping[str, Any]]) -> int:
+    """A gang's priority: its members' highest ``spec.priority`` (from their PriorityClass)."""
+    return max((int((p.get("spec") or {}).get("priority") or 0) for p in pods), default=0)
 
 
 def _finished(pod: Mapping[str, Any]) -> bool:

@@ -15,7 +15,13 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from optimizer.controller.admission import ADMITTED, WAITING, WOULD_ADMIT, GangAdmitter
+from optimizer.controller.admission import (
+    ADMITTED,
+    WAITING,
+    WOULD_ADMIT,
+    GangAdmitter,
+    Outcome,
+)
 from optimizer.controller.audit import StoreAudit
 from optimizer.controller.kube import KubeApi, RefusedError
 from optimizer.controller.pods import is_gated, pinned_node
@@ -246,3 +252,70 @@ def test_malformed_gangs_and_other_namespaces(
     [event] = _events(server, "InvalidGang")
     assert event["message"] == "stowage.io/gang-size='four' is not a whole number"
     assert event["type"] == "Warning"
+
+
+def _running_gang_member(
+    name: str, node: str, *, priority: int, preemptible: bool = True
+) -> dict[str, Any]:
+    pod = _pod(name, node=node, labels={"stowage.io/gang": "low", "stowage.io/gang-size": "1"})
+    pod["spec"]["priority"] = priority
+    if not preemptible:
+        pod["metadata"]["labels"]["stowage.io/non-preemptible"] = "true"
+    return pod
+
+
+def _train(outcomes: list[Outcome]) -> list[Outcome]:
+    return [o for o in outcomes if o.gang == "train"]
+
+
+def _high_priority_gang(server: FakeApiServer) -> None:
+    for i in range(4):
+        pod = _pod(f"train-{i}", gang="train")
+        pod["spec"]["priority"] = 1000
+        server.put("v1/pods", pod)
+
+
+def test_a_higher_priority_gang_preempts_a_whole_lower_one_through_evictions(
+    cluster: tuple[FakeApiServer, KubeApi], engine: Engine
+) -> None:
+    server, api = cluster
+    server.objects["v1/pods", "other", "busy-b0"].delete()
+    server.put("v1/pods", _running_gang_member("low-0", "b1", priority=10))
+    _high_priority_gang(server)
+    clock = WallClock()
+    admitter = _admitter(api, engine, clock)
+    server.refuse_evictions.add((NAMESPACE, "low-0"))  # a PodDisruptionBudget says no
+    [outcome] = _train(admitter.cycle())
+    assert outcome.phase == WAITING
+    assert outcome.message.endswith(
+        "preempting ml/low was refused by a PodDisruptionBudget; the plan is redone next cycle"
+    )
+    assert server.get("pods", NAMESPACE, "low-0") is not None  # respected, not forced
+    server.refuse_evictions.clear()
+    clock.advance(10)
+    [outcome] = _train(admitter.cycle())
+    assert outcome.message.endswith("preempting 1 lower-priority gang(s): ml/low")
+    assert server.get("pods", NAMESPACE, "low-0") is None  # evicted
+    [preempted] = _events(server, "Preempted")
+    assert preempted["message"].startswith("preempted by gang ml/train (priority 1000)")
+    clock.advance(10)
+    [outcome] = _train(admitter.cycle())
+    assert outcome.phase == ADMITTED
+    _assert_whole_gang_in_one_rack(server, "b")
+    with Session(engine) as session:
+        outcomes = {(e["verb"], e["outcome"]) for e in audit_entries(session, limit=100)}
+    assert ("evict-pod", "refused:429") in outcomes
+    assert ("evict-pod", "applied") in outcomes
+
+
+def test_non_preemptible_and_higher_priority_gangs_are_never_victims(
+    cluster: tuple[FakeApiServer, KubeApi], engine: Engine
+) -> None:
+    server, api = cluster
+    server.objects["v1/pods", "other", "busy-b0"].delete()
+    server.put("v1/pods", _running_gang_member("low-0", "b1", priority=10, preemptible=False))
+    _high_priority_gang(server)
+    [outcome] = _train(_admitter(api, engine, WallClock()).cycle())
+    assert outcome.phase == WAITING
+    assert "preempt" not in outcome.message
+    assert server.get("pods", NAMESPACE, "low-0") is not None
