@@ -117,6 +117,7 @@ def _controller(settings: OptimizerSettings) -> Iterator[None]:
         return
     import kubernetes
 
+    from optimizer.controller.cache import ClusterCache
     from optimizer.controller.kube import KubeApi
     from optimizer.controller.loop import Controller
 
@@ -125,8 +126,13 @@ def _controller(settings: OptimizerSettings) -> Iterator[None]:
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
     engine = make_engine(settings.database_url)
-    controller = Controller(KubeApi(kubernetes.client.ApiClient()), engine, settings)
+    api = KubeApi(kubernetes.client.ApiClient())
     stop = threading.Event()
+    cache = ClusterCache(api)
+    cache.start(stop)
+    if not cache.wait_synced(timeout=60):
+        logging.getLogger(__name__).warning("node and pod watches not synced after 60 s")
+    controller = Controller(api, engine, settings, view=cache)
     thread = threading.Thread(
         target=controller.run,
         args=(stop,),

@@ -35,6 +35,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from optimizer.controller.audit import Audit
+from optimizer.controller.cache import ClusterView, LiveView
 from optimizer.controller.kube import ConflictError, KubeApi, NotFoundError, RefusedError
 from optimizer.controller.pods import (
     GangSpec,
@@ -113,7 +114,7 @@ class GangAdmitter:
         policy: the per-pod placement policy inside a domain.
         levels: the topology levels, outermost first.
         clock: the current time.
-        actor: who the audit log says acted.
+        view: where nodes and pods are read (default: listed from the API every cycle).
     """
 
     def __init__(
@@ -127,8 +128,10 @@ class GangAdmitter:
         policy: str = DEFAULT_POLICY,
         levels: Sequence[TopologyLevel] = DEFAULT_LEVELS,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        view: ClusterView | None = None,
     ) -> None:
         self._api = api
+        self._view = view or LiveView(api)
         self._engine = engine
         self._audit = audit
         self._reports = reports
@@ -153,7 +156,7 @@ class GangAdmitter:
         enabled = self._api.opted_in_namespaces(f"{NAMESPACE_ENABLED}=true")
         if not self._dry_run:
             self._recover(enabled)
-        pods = self._api.list_pods()
+        pods = self._view.pods()
         groups = {
             (g["metadata"].get("namespace"), g["metadata"]["name"]): g
             for g in self._api.list_pod_groups()
@@ -163,7 +166,7 @@ class GangAdmitter:
         self._enabled = enabled
         self._pods = pods
         self._placed = []
-        snapshot = self._snapshot(self._api.list_nodes(), pods, intents)
+        snapshot = self._snapshot(self._view.nodes(), pods, intents)
         for problem in snapshot.unaccounted:
             log.warning("running pod not accounted", problem=problem)
         ctx = PlanContext(
@@ -506,7 +509,7 @@ class GangAdmitter:
         intents = self._open_intents()
         if not intents:
             return
-        pods = {p["metadata"]["uid"]: p for p in self._api.list_pods()}
+        pods = {p["metadata"]["uid"]: p for p in self._view.pods()}
         for intent in intents:
             log.info("finishing an earlier admission", plan_id=intent.plan_id, gang=intent.gang)
             self._complete(intent.plan_id, pods)

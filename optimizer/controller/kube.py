@@ -27,6 +27,10 @@ class ConflictError(Exception):
     """The object changed since it was read (409), or already exists on create."""
 
 
+class GoneError(Exception):
+    """A watch's resourceVersion is too old (410): list again."""
+
+
 class NotFoundError(Exception):
     """The object does not exist (404)."""
 
@@ -83,14 +87,53 @@ class KubeApi:
         listing = self._core.list_node(label_selector=label_selector)
         return [self._plain(node) for node in listing.items]
 
+    @needs("", "nodes", "list")
+    def list_nodes_versioned(self) -> tuple[list[dict[str, Any]], str]:
+        """Every node and the list's resourceVersion (to watch from)."""
+        listing = self._plain(self._core.list_node())
+        return listing.get("items") or [], listing["metadata"].get("resourceVersion") or ""
+
     @needs("", "nodes", "watch")
-    def watch_nodes(self, *, timeout_seconds: int) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Node events (type, object) until the server ends the watch."""
-        stream = kubernetes.watch.Watch().stream(
-            self._core.list_node, timeout_seconds=timeout_seconds
+    def watch_nodes(
+        self, *, resource_version: str | None, timeout_seconds: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Node events (type, object) after ``resource_version`` until the server ends the
+        watch; :class:`GoneError` when that version is too old (relist)."""
+        return self._watch(self._core.list_node, resource_version, timeout_seconds)
+
+    @needs("", "pods", "list")
+    def list_pods_versioned(self) -> tuple[list[dict[str, Any]], str]:
+        """Every pod of the cluster and the list's resourceVersion."""
+        listing = self._plain(self._core.list_pod_for_all_namespaces())
+        return listing.get("items") or [], listing["metadata"].get("resourceVersion") or ""
+
+    @needs("", "pods", "watch")
+    def watch_pods(
+        self, *, resource_version: str | None, timeout_seconds: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Pod events of every namespace (as :meth:`watch_nodes`)."""
+        return self._watch(
+            self._core.list_pod_for_all_namespaces, resource_version, timeout_seconds
         )
-        for event in stream:
-            yield event["type"], self._plain(event["object"])
+
+    def _watch(
+        self, list_fn: Any, resource_version: str | None, timeout_seconds: int
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        options: dict[str, Any] = {"timeout_seconds": timeout_seconds}
+        if resource_version:
+            options["resource_version"] = resource_version
+        try:
+            for event in kubernetes.watch.Watch().stream(list_fn, **options):
+                if event["type"] == "ERROR":
+                    raw = event.get("raw_object") or {}
+                    if raw.get("code") == 410:
+                        raise GoneError(raw.get("message") or "resource version too old")
+                    raise RefusedError(int(raw.get("code") or 500), raw.get("message") or "")
+                yield event["type"], self._plain(event["object"])
+        except ApiException as error:
+            if error.status == 410:
+                raise GoneError(error.reason or "resource version too old") from error
+            raise _translate(error) from error
 
     @needs("", "nodes", "patch")
     def patch_node_labels(

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from optimizer.controller.admission import GangAdmitter
 from optimizer.controller.audit import StoreAudit
+from optimizer.controller.cache import ClusterView
 from optimizer.controller.kube import KubeApi
 from optimizer.controller.leader import LeaderElector
 from optimizer.controller.node_labels import NodeLabeller
@@ -39,6 +40,7 @@ class Controller:
         engine: the optimizer's database.
         settings: mode, identity, lease and pool settings.
         clock: the current time.
+        view: where nodes and pods are read (the watch cache when serving).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class Controller:
         settings: OptimizerSettings,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        view: ClusterView | None = None,
     ) -> None:
         if settings.controller == "off":
             raise ValueError("the controller is off (STOWAGE_CONTROLLER)")
@@ -64,9 +67,11 @@ class Controller:
             lease_duration=timedelta(seconds=settings.lease_duration_s),
             clock=clock,
         )
-        self.labeller = NodeLabeller(api, audit, pool_of=settings.pool_of, dry_run=dry_run)
+        self.labeller = NodeLabeller(
+            api, audit, pool_of=settings.pool_of, dry_run=dry_run, view=view
+        )
         self.admitter = GangAdmitter(
-            api, engine, audit, reports=self.reports, dry_run=dry_run, clock=clock
+            api, engine, audit, reports=self.reports, dry_run=dry_run, clock=clock, view=view
         )
 
     def reports(self) -> Mapping[str, NodeReport]:

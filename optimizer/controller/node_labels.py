@@ -19,6 +19,7 @@ from typing import Any, Final
 import structlog
 
 from optimizer.controller.audit import Audit
+from optimizer.controller.cache import ClusterView, LiveView
 from optimizer.controller.kube import ConflictError, KubeApi
 from shared.labels import (
     NODE_GPU_CLIQUE,
@@ -118,6 +119,7 @@ class NodeLabeller:
         audit: where every patch (or, in dry-run, every patch it would send) is recorded.
         pool_of: node name -> pool name (or None), from the settings.
         dry_run: plan and audit, never patch.
+        view: where nodes are read (default: listed from the API on every pass).
     """
 
     def __init__(
@@ -127,8 +129,10 @@ class NodeLabeller:
         *,
         pool_of: Callable[[str], str | None] = lambda _: None,
         dry_run: bool = True,
+        view: ClusterView | None = None,
     ) -> None:
         self._api = api
+        self._view = view or LiveView(api)
         self._audit = audit
         self._pool_of = pool_of
         self._dry_run = dry_run
@@ -140,7 +144,7 @@ class NodeLabeller:
         it (409) is skipped and retried on the next pass.
         """
         done = []
-        for node in self._api.list_nodes():
+        for node in self._view.nodes():
             meta: dict[str, Any] = node["metadata"]
             name = meta["name"]
             current = meta.get("labels") or {}

@@ -1,0 +1,82 @@
+"""The watch cache: list, then watch; what the controller plans on when serving."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from kubernetes import client as k8s
+from sqlalchemy import Engine
+
+from optimizer.controller.admission import ADMITTED, GangAdmitter
+from optimizer.controller.audit import StoreAudit
+from optimizer.controller.cache import ClusterCache, Informer
+from optimizer.controller.kube import KubeApi
+from tests.fakes.kube import FakeApiServer, serve
+from tests.optimizer.conftest import WallClock
+from tests.optimizer.test_admission import NAMESPACE, _node, _pod
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[FakeApiServer, KubeApi, k8s.CoreV1Api]]:
+    with serve() as (server, client):
+        yield server, KubeApi(client), k8s.CoreV1Api(client)
+
+
+def _until(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    """Wait for the watch threads to catch up (a synchronisation, not a timing check)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_an_informer_lists_then_applies_watch_events(
+    cluster: tuple[FakeApiServer, KubeApi, k8s.CoreV1Api],
+) -> None:
+    _, api, core = cluster
+    core.create_node({"metadata": {"name": "a"}})
+    informer = Informer("nodes", api.list_nodes_versioned, api.watch_nodes)
+    informer.relist()
+    assert [n["metadata"]["name"] for n in informer.items()] == ["a"]
+    core.create_node({"metadata": {"name": "b", "labels": {"x": "1"}}})
+    core.patch_node(
+        "a", {"metadata": {"labels": {"y": "2"}}}, _content_type="application/merge-patch+json"
+    )
+    core.delete_node("b")
+    informer.watch_once(timeout_seconds=1)
+    [node] = informer.items()
+    assert node["metadata"]["labels"] == {"y": "2"}
+
+
+def test_the_controller_plans_on_the_watched_cache(
+    cluster: tuple[FakeApiServer, KubeApi, k8s.CoreV1Api], engine: Engine
+) -> None:
+    server, api, core = cluster
+    server.put(
+        "v1/namespaces", {"metadata": {"name": NAMESPACE, "labels": {"stowage.io/enabled": "true"}}}
+    )
+    for i in range(4):
+        server.put("v1/nodes", _node(f"b{i}", rack="r-b"))
+    stop = threading.Event()
+    cache = ClusterCache(api, timeout_seconds=1)
+    cache.start(stop)
+    try:
+        assert cache.wait_synced(timeout=10)
+        for i in range(4):
+            body = _pod(f"train-{i}", gang="train")
+            core.create_namespaced_pod(NAMESPACE, body)
+        assert _until(lambda: len(cache.pods()) == 4)
+        clock = WallClock()
+        admitter = GangAdmitter(
+            api, engine, StoreAudit(engine, clock=clock), dry_run=False, clock=clock, view=cache
+        )
+        [outcome] = admitter.cycle()
+        assert outcome.phase == ADMITTED
+        assert sorted(outcome.placement.values()) == ["b0", "b1", "b2", "b3"]
+    finally:
+        stop.set()
