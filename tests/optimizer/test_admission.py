@@ -319,3 +319,34 @@ def test_non_preemptible_and_higher_priority_gangs_are_never_victims(
     assert outcome.phase == WAITING
     assert "preempt" not in outcome.message
     assert server.get("pods", NAMESPACE, "low-0") is not None
+
+
+def test_a_pod_group_gang_times_out_with_events_and_a_condition(
+    cluster: tuple[FakeApiServer, KubeApi], engine: Engine
+) -> None:
+    server, api = cluster
+    server.put(
+        "scheduling.x-k8s.io/v1alpha1/podgroups",
+        {"metadata": {"name": "pg", "namespace": NAMESPACE}, "spec": {"minMember": 7}},
+    )
+    for i in range(7):
+        pod = _pod(f"pg-{i}", labels={"scheduling.x-k8s.io/pod-group": "pg"})
+        pod["spec"]["schedulingGates"] = [{"name": SCHEDULING_GATE}]
+        server.put("v1/pods", pod)
+    clock = WallClock()
+    admitter = _admitter(api, engine, clock)
+    [outcome] = admitter.cycle()
+    assert outcome.phase == WAITING
+    assert outcome.message == "needs 7 x 8 GPUs; the cluster has 48 free GPUs"
+    clock.advance(601)  # past the default timeout
+    [outcome] = admitter.cycle()
+    assert outcome.phase == "timed-out"
+    assert len(_events(server, "GangTimeout")) == 7
+    group = server.get("podgroups", NAMESPACE, "pg")
+    assert group is not None
+    [condition] = group["status"]["conditions"]
+    assert condition["reason"] == "GangTimeout"
+    assert condition["status"] == "False"
+    clock.advance(5)  # within the backoff: not replanned, no new events
+    admitter.cycle()
+    assert len(_events(server, "GangTimeout")) == 7
