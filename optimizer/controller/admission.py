@@ -329,13 +329,7 @@ class GangAdmitter:
         )
         plan_id = uuid.uuid4().hex
         if self._dry_run:
-            self._audit(
-                verb="admit-gang",
-                obj=f"gang/{spec.namespace}/{spec.name}",
-                reason=message,
-                outcome="dry-run",
-                plan_id=plan_id,
-            )
+            self._audit_admission(spec, message, outcome="dry-run", plan_id=plan_id)
             self._set_status(gang, WOULD_ADMIT, f"dry-run: would have {message}", now, plan_id)
             return Outcome(spec.namespace, spec.name, WOULD_ADMIT, message, where)
         slots = [
@@ -354,13 +348,7 @@ class GangAdmitter:
             for pod, p in placements
         ]
         self._write_intent(spec, plan_id, slots, decision.domain, now)
-        self._audit(
-            verb="admit-gang",
-            obj=f"gang/{spec.namespace}/{spec.name}",
-            reason=message,
-            outcome="intent",
-            plan_id=plan_id,
-        )
+        self._audit_admission(spec, message, outcome="intent", plan_id=plan_id)
         self._complete(plan_id, {p["metadata"]["uid"]: p for p in gang.members})
         self._set_status(gang, ADMITTED, message, now, plan_id, where)
         for pod, node in ((p, where[p["metadata"]["name"]]) for p, _ in placements):
@@ -368,6 +356,10 @@ class GangAdmitter:
         self._retry_at.pop(key, None)
         self._backoff.pop(key, None)
         return Outcome(spec.namespace, spec.name, ADMITTED, message, where)
+
+    def _audit_admission(self, spec: GangSpec, message: str, *, outcome: str, plan_id: str) -> None:
+        obj = f"gang/{spec.namespace}/{spec.name}"
+        self._audit(verb="admit-gang", obj=obj, reason=message, outcome=outcome, plan_id=plan_id)
 
     # -- preemption ----------------------------------------------------------------------
 

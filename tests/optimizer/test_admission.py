@@ -101,6 +101,12 @@ def _gang(server: FakeApiServer, name: str = "train", members: int = 4) -> None:
         server.put("v1/pods", _pod(f"{name}-{i}", gang=name))
 
 
+def _free_rack_b_and_submit(server: FakeApiServer) -> None:
+    """b0's pod ends, so rack r-b has four free nodes; then the 4-pod gang arrives."""
+    server.objects["v1/pods", "other", "busy-b0"].delete()
+    _gang(server)
+
+
 def _members(server: FakeApiServer, gang: str = "train") -> list[dict[str, Any]]:
     return sorted(
         (
@@ -183,8 +189,7 @@ def test_a_new_leader_completes_an_admission_cut_short(
     """Writes are 4 pins then 4 releases: crash after the intent (0), mid-pinning (1, 3),
     after pinning (4), mid-release (5, 7)."""
     server, api = cluster
-    server.objects["v1/pods", "other", "busy-b0"].delete()
-    _gang(server)
+    _free_rack_b_and_submit(server)
     clock = WallClock()
     server.writes_left = writes_before_crash
     with pytest.raises(RefusedError):
@@ -204,8 +209,7 @@ def test_a_pod_recreated_mid_admission_takes_its_slot(
     cluster: tuple[FakeApiServer, KubeApi], engine: Engine
 ) -> None:
     server, api = cluster
-    server.objects["v1/pods", "other", "busy-b0"].delete()
-    _gang(server)
+    _free_rack_b_and_submit(server)
     clock = WallClock()
     server.writes_left = 2  # two pods pinned, then the leader dies
     with pytest.raises(RefusedError):
@@ -226,8 +230,7 @@ def test_dry_run_plans_explains_and_audits_but_changes_no_pod(
     cluster: tuple[FakeApiServer, KubeApi], engine: Engine
 ) -> None:
     server, api = cluster
-    server.objects["v1/pods", "other", "busy-b0"].delete()
-    _gang(server)
+    _free_rack_b_and_submit(server)
     clock = WallClock()
     before = [p["metadata"]["resourceVersion"] for p in _members(server)]
     outcomes = _admitter(api, engine, clock, dry_run=True).cycle()
