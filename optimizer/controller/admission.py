@@ -544,46 +544,40 @@ class GangAdmitter:
             pod = pods.get(slot["uid"])
             if pod is None or not is_gated(pod) or pinned_node(pod) == slot["node"]:
                 continue
-            pods[slot["uid"]] = self._patch(pod, pin_patch(pod, slot["node"]), plan_id, "pin")
+            pods[slot["uid"]] = self._patch(pod, plan_id, node=slot["node"])
         if len(members) < len(slots):
             return  # a slot still waits for its pod: release nothing yet
         for slot in slots:  # step 2: release all
-            pod = pods[slot["uid"]]
-            if is_gated(pod):
-                pods[slot["uid"]] = self._patch(pod, ungate_patch(pod), plan_id, "release")
+            pods[slot["uid"]] = self._patch(pods[slot["uid"]], plan_id, node=None)
         with Session(self._engine) as session, session.begin():
             row = session.get(GangIntent, plan_id)
             if row is not None:
                 row.state = ADMITTED
 
-    def _patch(
-        self, pod: dict[str, Any], patch: list[dict[str, Any]], plan_id: str, step: str
-    ) -> dict[str, Any]:
+    def _patch(self, pod: dict[str, Any], plan_id: str, *, node: str | None) -> dict[str, Any]:
+        """Pin ``pod`` to ``node`` or, with no node, remove its gate. A stale read (409) is
+        re-read once and the step redone, unless the fresh pod shows it done already."""
         meta = pod["metadata"]
-        where = f"pod/{meta.get('namespace')}/{meta['name']}"
-        namespace = meta.get("namespace") or "default"
-        try:
-            updated = self._api.patch_pod(namespace, meta["name"], patch)
-        except ConflictError:  # the pod changed since it was read: redo the step on it
-            fresh = self._api.get_pod(namespace, meta["name"])
-            if fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
-                raise NotFoundError(where) from None
-            if step == "pin":
-                node = patch[1]["value"]["nodeAffinity"]
-                if pinned_node(fresh) is not None:
-                    return fresh
-                target = pinned_node({"spec": {"affinity": {"nodeAffinity": node}}}) or ""
-                retry = pin_patch(fresh, target)
-            else:
-                if not is_gated(fresh):
-                    return fresh
-                retry = ungate_patch(fresh)
-            updated = self._api.patch_pod(namespace, meta["name"], retry)
+        namespace, name = meta.get("namespace") or "default", meta["name"]
+        where = f"pod/{namespace}/{name}"
+        for attempt in (1, 2):
+            if (pinned_node(pod) is not None) if node else not is_gated(pod):
+                return pod
+            patch = pin_patch(pod, node) if node else ungate_patch(pod)
+            try:
+                updated = self._api.patch_pod(namespace, name, patch)
+                break
+            except ConflictError:
+                fresh = self._api.get_pod(namespace, name)
+                if attempt == 2 or fresh is None or fresh["metadata"].get("uid") != meta.get("uid"):
+                    raise NotFoundError(where) from None
+                pod = fresh
         self._audit(
-            verb=f"{step}-pod",
+            verb="pin-pod" if node else "release-pod",
             obj=where,
-            reason="gang admission "
-            + ("pins the pod to its node" if step == "pin" else "removes the stowage.io/gang gate"),
+            reason=f"gang admission pins the pod to {node}"
+            if node
+            else "gang admission removes the stowage.io/gang gate",
             outcome="applied",
             plan_id=plan_id,
         )

@@ -353,3 +353,42 @@ def test_a_pod_group_gang_times_out_with_events_and_a_condition(
     clock.advance(5)  # within the backoff: not replanned, no new events
     admitter.cycle()
     assert len(_events(server, "GangTimeout")) == 7
+
+
+class _StaleView:
+    """A cache that lags the API server (what a watch cache is, for a moment)."""
+
+    def __init__(self, api: KubeApi) -> None:
+        self._nodes, self._pods = api.list_nodes(), api.list_pods()
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._nodes
+
+    def pods(self) -> list[dict[str, Any]]:
+        return self._pods
+
+
+def test_pods_changed_since_they_were_read_are_reread_not_clobbered(
+    cluster: tuple[FakeApiServer, KubeApi], engine: Engine
+) -> None:
+    server, api = cluster
+    _free_rack_b_and_submit(server)
+    clock = WallClock()
+    server.writes_left = 4  # every pod pinned, none released; then the leader dies
+    with pytest.raises(RefusedError):
+        _admitter(api, engine, clock).cycle()
+    server.writes_left = None
+    stale = _StaleView(api)  # the next leader's cache, before another controller's write:
+    for pod in _members(server):
+        gates = [*pod["spec"]["schedulingGates"], {"name": "example.com/quota"}]
+        server.objects["v1/pods", NAMESPACE, pod["metadata"]["name"]].patch(
+            {"metadata": {"resourceVersion": "999"}, "spec": {"schedulingGates": gates}}
+        )
+    GangAdmitter(
+        api, engine, StoreAudit(engine, clock=clock), dry_run=False, clock=clock, view=stale
+    ).cycle()
+    _assert_whole_gang_in_one_rack(server, "b")
+    # the stale gate list was not written back: their gate stays, only ours is gone
+    assert all(
+        p["spec"]["schedulingGates"] == [{"name": "example.com/quota"}] for p in _members(server)
+    )
