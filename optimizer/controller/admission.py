@@ -36,7 +36,14 @@ from sqlalchemy.orm import Session
 
 from optimizer.controller.audit import Audit
 from optimizer.controller.cache import ClusterView, LiveView
-from optimizer.controller.kube import ConflictError, KubeApi, NotFoundError, RefusedError
+from optimizer.controller.kube import (
+    POD_GROUP_GROUP,
+    POD_GROUP_VERSION,
+    ConflictError,
+    KubeApi,
+    NotFoundError,
+    RefusedError,
+)
 from optimizer.controller.pods import (
     GangSpec,
     SpecError,
@@ -148,6 +155,7 @@ class GangAdmitter:
         self._facts: list[NodeFacts] = []
         self._running: list[tuple[str | None, RunningPod]] = []
         self._placed: list[RunningPod] = []
+        self._groups: dict[tuple[str, str], dict[str, Any]] = {}
 
     # -- the cycle -----------------------------------------------------------------------
 
@@ -161,6 +169,7 @@ class GangAdmitter:
             (g["metadata"].get("namespace"), g["metadata"]["name"]): g
             for g in self._api.list_pod_groups()
         }
+        self._groups = groups
         gangs, outcomes = self._gangs(pods, enabled, groups)
         intents = self._open_intents()
         self._enabled = enabled
@@ -353,6 +362,7 @@ class GangAdmitter:
         self._set_status(gang, ADMITTED, message, now, plan_id, where)
         for pod, node in ((p, where[p["metadata"]["name"]]) for p, _ in placements):
             self._event(pod, "GangAdmitted", f"gang {spec.name} {message}; this pod -> {node}")
+        self._group_event(spec, "GangAdmitted", f"gang {spec.name} {message}")
         self._retry_at.pop(key, None)
         self._backoff.pop(key, None)
         return Outcome(spec.namespace, spec.name, ADMITTED, message, where)
@@ -480,12 +490,14 @@ class GangAdmitter:
                 text = f"gang {spec.name} not placed within {spec.timeout_s}s: {message}"
                 for pod in gang.members:
                     self._event(pod, "GangTimeout", text, kind="Warning")
+                self._group_event(spec, "GangTimeout", text, kind="Warning")
                 self._pod_group_condition(spec, groups, text, now)
         changed = status is None or status.message != message or status.phase != phase
         self._set_status(gang, phase, message, now, None)
         if changed and phase == WAITING:
             for pod in gang.gated:
                 self._event(pod, "GangWaiting", f"gang {spec.name} waits: {message}")
+            self._group_event(spec, "GangWaiting", f"gang {spec.name} waits: {message}")
         return Outcome(spec.namespace, spec.name, phase, message)
 
     def _invalid(self, pod: dict[str, Any], message: str) -> Outcome:
@@ -649,15 +661,37 @@ class GangAdmitter:
     # -- events --------------------------------------------------------------------------
 
     def _event(
-        self, pod: dict[str, Any], reason: str, message: str, *, kind: str = "Normal"
+        self,
+        obj: Mapping[str, Any],
+        reason: str,
+        message: str,
+        *,
+        kind: str = "Normal",
+        api_version: str = "v1",
+        object_kind: str = "Pod",
     ) -> None:
-        involved = {**pod, "apiVersion": "v1", "kind": "Pod"}
+        involved = {**obj, "apiVersion": api_version, "kind": object_kind}
         try:
             self._api.create_event(
                 involved=involved, reason=reason, message=message, kind=kind, at=self._clock()
             )
         except Exception:  # an event is advice; never let it stop an admission
             log.exception("event not recorded", reason=reason)
+
+    def _group_event(
+        self, spec: GangSpec, reason: str, message: str, *, kind: str = "Normal"
+    ) -> None:
+        """The same explanation on the gang's PodGroup, when it has one."""
+        group = self._groups.get(spec.key)
+        if group is not None:
+            self._event(
+                group,
+                reason,
+                message,
+                kind=kind,
+                api_version=f"{POD_GROUP_GROUP}/{POD_GROUP_VERSION}",
+                object_kind="PodGroup",
+            )
 
     def _event_once(self, gang: GangView, *, reason: str, message: str, kind: str) -> None:
         if (gang.spec.key, message) in self._told:

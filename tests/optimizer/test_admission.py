@@ -344,7 +344,9 @@ def test_a_pod_group_gang_times_out_with_events_and_a_condition(
     clock.advance(601)  # past the default timeout
     [outcome] = admitter.cycle()
     assert outcome.phase == "timed-out"
-    assert len(_events(server, "GangTimeout")) == 7
+    assert len(_events(server, "GangTimeout")) == 8  # each pod and the PodGroup
+    group_events = [e for e in server.items("events") if e["involvedObject"]["kind"] == "PodGroup"]
+    assert [e["reason"] for e in group_events] == ["GangWaiting", "GangTimeout"]
     group = server.get("podgroups", NAMESPACE, "pg")
     assert group is not None
     [condition] = group["status"]["conditions"]
@@ -352,7 +354,7 @@ def test_a_pod_group_gang_times_out_with_events_and_a_condition(
     assert condition["status"] == "False"
     clock.advance(5)  # within the backoff: not replanned, no new events
     admitter.cycle()
-    assert len(_events(server, "GangTimeout")) == 7
+    assert len(_events(server, "GangTimeout")) == 8
 
 
 class _StaleView:
