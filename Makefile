@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.gang
 	$(BIN)/python -m bench.fill --write
+	$(BIN)/python -m bench.fill_waste
 
 # Regenerate the kubelet PodResources stubs from agent/podresources/api.proto.
 podresources: $(STAMP)
