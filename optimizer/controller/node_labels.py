@@ -66,15 +66,12 @@ def desired_labels(report: NodeReport | None, *, pool: str | None = None) -> dic
     cliques = Counter(g.clique for g in gpus if g.clique is not None)
     if cliques:
         labels[NODE_GPU_CLIQUE] = to_label_value(cliques.most_common(1)[0][0])
-    health = {g.health for g in gpus}
-    labels[NODE_GPU_HEALTH] = (
-        GpuHealth.LOST if GpuHealth.LOST in health else max(health, key=_severity)
-    ).value
+    labels[NODE_GPU_HEALTH] = max((g.health for g in gpus), key=_SEVERITY.index).value
     return labels
 
 
-def _severity(health: GpuHealth) -> int:
-    return (GpuHealth.OK, GpuHealth.DEGRADED, GpuHealth.LOST).index(health)
+#: Health from best to worst: a node is labelled with its worst GPU's.
+_SEVERITY: Final = (GpuHealth.OK, GpuHealth.DEGRADED, GpuHealth.LOST)
 
 
 @dataclass(frozen=True)

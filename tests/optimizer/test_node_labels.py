@@ -63,6 +63,8 @@ def test_pcie_only_islands_are_single_gpus_and_health_is_the_worst() -> None:
     labels = desired_labels(report.model_copy(update={"gpus": gpus}))
     assert labels[NODE_NVLINK_ISLAND_SIZE] == "1"
     assert labels[NODE_GPU_HEALTH] == "degraded"
+    gpus[5] = gpus[5].model_copy(update={"health": GpuHealth.LOST})
+    assert desired_labels(report.model_copy(update={"gpus": gpus}))[NODE_GPU_HEALTH] == "lost"
 
 
 def test_changes_touch_owned_keys_only_and_never_carry_an_invalid_label() -> None:
