@@ -305,7 +305,7 @@ class GangAdmitter:
             message = f"waiting for members: {len(gated)} of {spec.size} pods exist" + (
                 f" ({released} already running)" if released else ""
             )
-            return self._wait(gang, WAITING, message, now, groups)
+            return self._wait(gang, message, now, groups, status)
         key = spec.key
         if key in self._retry_at and now < self._retry_at[key]:
             return Outcome(spec.namespace, spec.name, TIMED_OUT, status.message if status else "")
@@ -324,7 +324,7 @@ class GangAdmitter:
         if not decision.admitted:
             reason = decision.reason or "no room"
             reason += self._preempt(gang, wanted, ctx, now)
-            return self._wait(gang, WAITING, reason, now, groups)
+            return self._wait(gang, reason, now, groups, status)
         placements = list(zip(gated, decision.placements, strict=False))
         names = snapshot.state.names
         for _, placement in placements:
@@ -473,13 +473,13 @@ class GangAdmitter:
     def _wait(
         self,
         gang: GangView,
-        phase: str,
         message: str,
         now: datetime,
         groups: Mapping[tuple[str, str], Mapping[str, Any]],
+        status: GangStatus | None,
     ) -> Outcome:
         spec = gang.spec
-        status = self._status(spec)
+        phase = WAITING
         first_seen = status.first_seen if status else now
         if now - first_seen >= timedelta(seconds=spec.timeout_s):
             phase = TIMED_OUT
