@@ -163,7 +163,7 @@ class GangAdmitter:
         """Recover, snapshot, plan, commit; returns one outcome per gang seen."""
         enabled = self._api.opted_in_namespaces(f"{NAMESPACE_ENABLED}=true")
         if not self._dry_run:
-            self._recover(enabled)
+            self._recover()
         pods = self._view.pods()
         groups = {
             (g["metadata"].get("namespace"), g["metadata"]["name"]): g
@@ -188,7 +188,7 @@ class GangAdmitter:
                 i.namespace == gang.spec.namespace and i.gang == gang.spec.name for i in intents
             ):
                 continue  # an unfinished admission owns it
-            outcomes.append(self._decide(gang, snapshot, ctx, groups, now))
+            outcomes.append(self._decide(gang, snapshot, ctx, now))
         return outcomes
 
     def _order(self, gang: GangView) -> tuple[str, str, str]:
@@ -280,7 +280,6 @@ class GangAdmitter:
         gang: GangView,
         snapshot: Snapshot,
         ctx: PlanContext,
-        groups: Mapping[tuple[str, str], Mapping[str, Any]],
         now: datetime,
     ) -> Outcome:
         spec = gang.spec
@@ -305,7 +304,7 @@ class GangAdmitter:
             message = f"waiting for members: {len(gated)} of {spec.size} pods exist" + (
                 f" ({released} already running)" if released else ""
             )
-            return self._wait(gang, message, now, groups, status)
+            return self._wait(gang, message, now, status)
         key = spec.key
         if key in self._retry_at and now < self._retry_at[key]:
             return Outcome(spec.namespace, spec.name, TIMED_OUT, status.message if status else "")
@@ -324,7 +323,7 @@ class GangAdmitter:
         if not decision.admitted:
             reason = decision.reason or "no room"
             reason += self._preempt(gang, wanted, ctx, now)
-            return self._wait(gang, reason, now, groups, status)
+            return self._wait(gang, reason, now, status)
         placements = list(zip(gated, decision.placements, strict=False))
         names = snapshot.state.names
         for _, placement in placements:
@@ -475,7 +474,6 @@ class GangAdmitter:
         gang: GangView,
         message: str,
         now: datetime,
-        groups: Mapping[tuple[str, str], Mapping[str, Any]],
         status: GangStatus | None,
     ) -> Outcome:
         spec = gang.spec
@@ -491,7 +489,7 @@ class GangAdmitter:
                 for pod in gang.members:
                     self._event(pod, "GangTimeout", text, kind="Warning")
                 self._group_event(spec, "GangTimeout", text, kind="Warning")
-                self._pod_group_condition(spec, groups, text, now)
+                self._pod_group_condition(spec, text, now)
         changed = status is None or status.message != message or status.phase != phase
         self._set_status(gang, phase, message, now, None)
         if changed and phase == WAITING:
@@ -509,7 +507,7 @@ class GangAdmitter:
 
     # -- committing (crash-safe) ---------------------------------------------------------
 
-    def _recover(self, enabled: set[str]) -> None:
+    def _recover(self) -> None:
         intents = self._open_intents()
         if not intents:
             return
@@ -703,11 +701,10 @@ class GangAdmitter:
     def _pod_group_condition(
         self,
         spec: GangSpec,
-        groups: Mapping[tuple[str, str], Mapping[str, Any]],
         message: str,
         now: datetime,
     ) -> None:
-        if spec.key not in groups or self._dry_run:
+        if spec.key not in self._groups or self._dry_run:
             return
         condition = {
             "type": "Scheduled",

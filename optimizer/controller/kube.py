@@ -81,11 +81,9 @@ class KubeApi:
 
     # -- nodes ---------------------------------------------------------------------------
 
-    @needs("", "nodes", "list")
-    def list_nodes(self, *, label_selector: str | None = None) -> list[dict[str, Any]]:
-        """Every node (matching the selector)."""
-        listing = self._core.list_node(label_selector=label_selector)
-        return [self._plain(node) for node in listing.items]
+    def list_nodes(self) -> list[dict[str, Any]]:
+        """Every node."""
+        return self.list_nodes_versioned()[0]
 
     @needs("", "nodes", "list")
     def list_nodes_versioned(self) -> tuple[list[dict[str, Any]], str]:
@@ -156,11 +154,9 @@ class KubeApi:
         listing = self._core.list_namespace(label_selector=label_selector)
         return {str(self._plain(ns)["metadata"]["name"]) for ns in listing.items}
 
-    @needs("", "pods", "list")
     def list_pods(self) -> list[dict[str, Any]]:
         """Every pod of the cluster (their requests use node capacity wherever they run)."""
-        listing = self._core.list_pod_for_all_namespaces()
-        return [self._plain(pod) for pod in listing.items]
+        return self.list_pods_versioned()[0]
 
     @needs("", "pods", "get")
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
