@@ -1,6 +1,6 @@
 """Every policy on every openb trace with published results, against the FGD paper's figures.
 
-Run: ``.venv/bin/python -m bench.fill [--seeds 42-51] [--workers 2] [--write]``.
+Run: ``.venv/bin/python -m bench.fill [--seeds 42-51] [--workers 2] [--policies a,b] [--write]``.
 
 For each trace in ``../shared/traces/alibaba-gpu-2023/csv`` that has reference results and
 each policy, the fill experiment runs over the seeds (tune 1.3); the table gives the mean GPU
@@ -8,23 +8,31 @@ allocation ratio at 130% arrived next to the published mean of the same seeds
 (``fgd-expected-results/analysis_allo_discrete.csv``, column ``130``), and the mean seconds
 per run. ``--write`` replaces the fill section of docs/benchmarks.md and draws
 docs/fill-default.png (allocation and fragmentation curves on the default trace).
+
+Every run's result is kept in bench/results/fill-runs.jsonl (the curves only for the default
+trace), and the table is computed from that file: ``--policies`` re-runs only the named
+policies (after a change to one of them) and takes the others' runs from the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import platform
 import statistics
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from optimizer.simulate.fill import FillResult, fill, load_nodes, load_pods
 
 TRACES: Final = Path(__file__).resolve().parents[2] / "shared/traces/alibaba-gpu-2023"
 DOCS: Final = Path(__file__).resolve().parents[1] / "docs"
+RUNS: Final = Path(__file__).resolve().parent / "results/fill-runs.jsonl"
+#: The trace whose curves are kept and plotted.
+PLOTTED: Final = "default"
 #: Our policy names and the reference simulator's.
 REFERENCE_NAMES: Final = {
     "random": "01-Random",
@@ -50,11 +58,47 @@ def references() -> dict[tuple[str, str], list[list[float]]]:
     return table
 
 
-def _run(job: tuple[str, str, int]) -> tuple[str, str, FillResult]:
+class Run(NamedTuple):
+    """One fill run as kept in :data:`RUNS`."""
+
+    trace: str
+    policy: str
+    seed: int
+    alloc_130: float
+    elapsed_s: float
+    alloc_pct: list[float] | None = None  # the curves, for the plotted trace only
+    frag_pct: list[float] | None = None
+
+
+def _run(job: tuple[str, str, int]) -> Run:
     trace, policy, seed = job
     nodes = load_nodes(TRACES / "csv/openb_node_list_gpu_node.csv")
     pods = load_pods(TRACES / f"csv/openb_pod_list_{trace}.csv")
-    return trace, policy, fill(nodes, pods, policy=policy, tune=1.3, seed=seed)
+    result: FillResult = fill(nodes, pods, policy=policy, tune=1.3, seed=seed)
+    curves = trace == PLOTTED
+    return Run(
+        trace,
+        policy,
+        seed,
+        result.alloc_pct[130],
+        result.elapsed_s,
+        result.alloc_pct if curves else None,
+        result.frag_pct if curves else None,
+    )
+
+
+def _load_runs() -> dict[tuple[str, str, int], Run]:
+    if not RUNS.exists():
+        return {}
+    with RUNS.open() as handle:
+        runs = (Run(**json.loads(line)) for line in handle if line.strip())
+        return {(r.trace, r.policy, r.seed): r for r in runs}
+
+
+def _save_runs(runs: dict[tuple[str, str, int], Run]) -> None:
+    RUNS.parent.mkdir(exist_ok=True)
+    lines = (json.dumps(runs[key]._asdict()) for key in sorted(runs))
+    RUNS.write_text("\n".join(lines) + "\n")
 
 
 def _seeds(text: str) -> list[int]:
@@ -66,20 +110,40 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="42-51")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
+    rerun = args.policies.split(",")
+    unknown = set(rerun) - set(POLICIES)
+    if unknown:
+        parser.error(f"unknown policies {sorted(unknown)}; known: {', '.join(POLICIES)}")
     refs = references()
     traces = sorted({t for t, _ in refs})
-    jobs = [(t, p, s) for t in traces for p in POLICIES for s in _seeds(args.seeds)]
-    results: dict[tuple[str, str], list[FillResult]] = defaultdict(list)
+    seeds = _seeds(args.seeds)
+    runs = _load_runs()
+    jobs = [(t, p, s) for t in traces for p in rerun for s in seeds]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for trace, policy, result in pool.map(_run, jobs):
-            results[(trace, policy)].append(result)
+        for run in pool.map(_run, jobs):
+            runs[(run.trace, run.policy, run.seed)] = run
+    missing = [(t, p, s) for t in traces for p in POLICIES for s in seeds if (t, p, s) not in runs]
+    if missing:
+        raise SystemExit(f"no run on record for {missing[:3]}...; re-run those policies")
+    if args.write:
+        _save_runs(runs)
+    results: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for trace, policy, seed in [(t, p, s) for t in traces for p in POLICIES for s in seeds]:
+        results[(trace, policy)].append(runs[(trace, policy, seed)])
+    provenance = (
+        ""
+        if set(rerun) == set(POLICIES)
+        else f" (last with `--policies {args.policies}`: the other policies' runs are those on"
+        " record in bench/results/fill-runs.jsonl)"
+    )
     lines = [
         f"Command: `.venv/bin/python -m bench.fill --seeds {args.seeds} --workers "
-        f"{args.workers} --write`. Machine: {platform.machine()}, Python "
+        f"{args.workers} --write`{provenance}. Machine: {platform.machine()}, Python "
         f"{platform.python_version()}. Cells: our mean allocation at 130% arrived (published "
-        "mean, difference); seeds " + args.seeds + ".",
+        f"mean, difference); seeds {args.seeds}.",
         "",
         "| trace | " + " | ".join(POLICIES) + " | stowage - published fgd |",
         "|---|" + "---:|" * (len(POLICIES) + 1),
@@ -87,7 +151,7 @@ def main() -> None:
     for trace in traces:
         cells = []
         for policy in POLICIES:
-            ours = statistics.mean(r.alloc_pct[130] for r in results[(trace, policy)])
+            ours = statistics.mean(r.alloc_130 for r in results[(trace, policy)])
             ref_name = REFERENCE_NAMES.get(policy)
             published = refs.get((trace, ref_name or ""), [])
             if published:
@@ -95,7 +159,7 @@ def main() -> None:
                 cells.append(f"{ours:.2f} ({theirs:.2f}, {ours - theirs:+.2f})")
             else:
                 cells.append(f"{ours:.2f}")
-        stowage = statistics.mean(r.alloc_pct[130] for r in results[(trace, "stowage")])
+        stowage = statistics.mean(r.alloc_130 for r in results[(trace, "stowage")])
         fgd = statistics.mean(c[130] for c in refs[(trace, REFERENCE_NAMES["fgd"])])
         cells.append(f"{stowage - fgd:+.2f}")
         lines.append(f"| {trace} | " + " | ".join(cells) + " |")
@@ -131,7 +195,7 @@ def _write_docs(report: str) -> None:
 
 
 def _plot(
-    results: dict[tuple[str, str], list[FillResult]],
+    results: dict[tuple[str, str], list[Run]],
     refs: dict[tuple[str, str], list[list[float]]],
 ) -> None:
     import matplotlib
@@ -142,9 +206,11 @@ def _plot(
     figure, (alloc, frag) = plt.subplots(1, 2, figsize=(12, 4.5))
     x = list(range(131))
     for policy in POLICIES:
-        runs = results[("default", policy)]
-        alloc.plot(x, [statistics.mean(r.alloc_pct[k] for r in runs) for k in x], label=policy)
-        frag.plot(x, [statistics.mean(r.frag_pct[k] for r in runs) for k in x], label=policy)
+        runs = results[(PLOTTED, policy)]
+        alloc_curves = [r.alloc_pct for r in runs if r.alloc_pct]
+        frag_curves = [r.frag_pct for r in runs if r.frag_pct]
+        alloc.plot(x, [statistics.mean(c[k] for c in alloc_curves) for k in x], label=policy)
+        frag.plot(x, [statistics.mean(c[k] for c in frag_curves) for k in x], label=policy)
     for policy in ("bestfit", "fgd"):
         curves = refs[("default", REFERENCE_NAMES[policy])]
         alloc.plot(

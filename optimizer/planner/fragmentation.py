@@ -8,12 +8,6 @@ weighted by how often the shape occurs. A CPU-only shape can use none of a node'
 all of them count for it, as the FGD simulator counts them (measured: its published curves
 start at 13.9% fragmented on an empty cluster, the CPU-only share of the default trace); the
 term moves every node's F by the same amount per pod, so it never changes a placement.
-
-With ``stranding`` (the ``stowage`` policy) F also counts, per shape, the free GPU milli that
-a run of pods of that shape would leave behind on the node: ``k`` such pods fit (the fewer of
-the CPU and the GPU slots allow) and the rest of the node's free milli is stranded. FGD asks
-whether *one* pod of a shape fits, so it cannot see a node whose CPU runs out after the first
-of three free GPUs is taken, nor that a fresh GPU given to an 810 milli share strands 190.
 """
 
 from __future__ import annotations
@@ -74,9 +68,8 @@ class FragmentationModel:
         models: the cluster's GPU model names, indexed by model id.
     """
 
-    def __init__(self, shapes: list[Shape], models: list[str], *, stranding: bool = False) -> None:
+    def __init__(self, shapes: list[Shape], models: list[str]) -> None:
         self.shapes = shapes
-        self.stranding = stranding
         self.weights = np.array([s.weight for s in shapes])
         self.model_ok = np.array(
             [[not s.gpu_models or m in s.gpu_models for m in models] for s in shapes],
@@ -107,29 +100,7 @@ class FragmentationModel:
                 hostable = hostable & (full >= shape.num_gpu)
                 unusable = partial
             result += shape.weight * np.where(hostable, unusable, total_free)
-            if self.stranding:
-                result += shape.weight * self._stranded(
-                    shape, cpu_free, gpu_free, full, total_free, self.model_ok[index][model_id]
-                )
         return result
-
-    @staticmethod
-    def _stranded(
-        shape: Shape,
-        cpu_free: IntArray,
-        gpu_free: IntArray,
-        full: IntArray,
-        total_free: IntArray,
-        model_ok: BoolArray,
-    ) -> IntArray:
-        """Free milli left once as many pods of ``shape`` as fit are placed."""
-        if shape.num_gpu == 1 and shape.gpu_milli < FULL:
-            gpu_slots = (gpu_free // shape.gpu_milli).sum(axis=1)
-        else:
-            gpu_slots = full // shape.num_gpu
-        fits = np.minimum(cpu_free // max(shape.cpu_milli, 1), gpu_slots)
-        stranded = total_free - fits * (shape.num_gpu * shape.gpu_milli)
-        return np.where(model_ok, stranded, total_free)
 
     def frag_deduplicated(
         self, cpu_free: IntArray, gpu_free: IntArray, model_id: IntArray

@@ -5,8 +5,9 @@ many more pods, up to ``max_size``, as fit where its minimum went. With a topolo
 at a level (``rack``, ``zone``, an NVLink clique, …), every domain of that level is tried (a
 node without the level's label is in none): the gang's pods are placed one by one with the
 per-pod policy on a copy of the domain, and among the domains that take the whole gang the one
-that takes the most members, then whose use leaves the least fragmentation (or, without a
-fragmentation model, the fewest free GPUs) wins, ties to the smallest domain name. A
+that takes the most members, then whose use grows waste least (by the policy's measure: the
+capacity left once nodes are full for ``stowage``, FGD's F otherwise; without a workload,
+the fewest free GPUs) wins, ties to the smallest domain name. A
 ``required`` constraint that no domain meets leaves the gang waiting, with the reason; a
 ``preferred`` one falls back to the whole cluster. Pure: the state is never modified.
 """
@@ -161,13 +162,11 @@ def _fill(
 
 
 def _cost(before: ClusterState, after: ClusterState, ctx: PlanContext) -> float:
-    """How much the domain's fragmentation grows (only its nodes change), or, without a
-    fragmentation model, the free GPU milli it keeps (tightest domain first)."""
+    """How much the domain's waste grows by the policy's measure (only its nodes change),
+    or, without a workload, the free GPU milli it keeps (tightest domain first)."""
     if not ctx.shapes:
         return float(after.gpu_free.sum())
-    model = ctx.scoring_model(before)
-    grown = model.frag(after.cpu_free, after.gpu_free, after.model_id).sum()
-    return float(grown - model.frag(before.cpu_free, before.gpu_free, before.model_id).sum())
+    return ctx.waste_growth(before, after)
 
 
 def _free_whole_gpus(state: ClusterState, rows: IntArray) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 
 from optimizer.planner.cluster import FULL, ClusterState, IntArray, PodRequest, kind_of
 from optimizer.planner.fragmentation import FloatArray, FragmentationModel, Shape
+from optimizer.planner.saturation import SaturationModel
 from shared.topology import best_connected_gpus
 
 #: The largest node in the FGD experiments (milli-CPU, milli-GPU), used to normalise.
@@ -33,48 +34,63 @@ class Placement:
 
 
 @dataclass
+class _Models:
+    """The workload models of a run, built on first use and shared by restricted contexts."""
+
+    fragmentation: FragmentationModel | None = None
+    saturation: SaturationModel | None = None
+
+
+@dataclass
 class PlanContext:
     """Per-run scratch shared by policy calls (never stored on a policy).
 
-    ``shapes`` is the workload the fragmentation policies score against; their models are
-    built on first use, and the per-node F values kept current by :meth:`note_placed`.
+    ``shapes`` is the workload the ``fgd`` and ``stowage`` policies score against; their
+    models are built on first use, and the per-node F values kept current by
+    :meth:`note_placed` (saturation estimates are memoised by node state instead).
     """
 
     rng: np.random.Generator
     shapes: Sequence[Shape] = ()
-    _models: dict[bool, FragmentationModel] = field(default_factory=dict, repr=False)
-    _values: dict[bool, FloatArray] = field(default_factory=dict, repr=False)
+    _models: _Models = field(default_factory=_Models, repr=False)
+    _frag: FloatArray | None = field(default=None, repr=False)
 
-    def model(self, state: ClusterState, *, stranding: bool = False) -> FragmentationModel:
-        """The fragmentation model over ``shapes`` for ``state``'s GPU models."""
-        model = self._models.get(stranding)
-        if model is None:
-            if not self.shapes:
-                raise ValueError("fragmentation needs PlanContext.shapes (the workload)")
-            model = FragmentationModel(list(self.shapes), state.models, stranding=stranding)
-            self._models[stranding] = model
-        return model
+    def _workload(self) -> list[Shape]:
+        if not self.shapes:
+            raise ValueError("this policy needs PlanContext.shapes (the workload)")
+        return list(self.shapes)
 
-    def fragmentation(
-        self, state: ClusterState, *, stranding: bool = False
-    ) -> tuple[FragmentationModel, FloatArray]:
-        """The model and F of every node of ``state`` (the state this context follows)."""
-        model = self.model(state, stranding=stranding)
-        values = self._values.get(stranding)
-        if values is None:
-            values = model.frag(state.cpu_free, state.gpu_free, state.model_id)
-            self._values[stranding] = values
-        return model, values
+    def fragmentation(self, state: ClusterState) -> tuple[FragmentationModel, FloatArray]:
+        """FGD's model and the F of every node of ``state`` (the state this context follows)."""
+        model = self._fragmentation_model(state)
+        if self._frag is None:
+            self._frag = model.frag(state.cpu_free, state.gpu_free, state.model_id)
+        return model, self._frag
 
-    def scoring_model(self, state: ClusterState) -> FragmentationModel:
-        """The model this run's policies score with (the stowage one once it is in use),
-        for ranking whole outcomes such as a gang's candidate domains."""
-        return self.model(state, stranding=True in self._models)
+    def _fragmentation_model(self, state: ClusterState) -> FragmentationModel:
+        if self._models.fragmentation is None:
+            self._models.fragmentation = FragmentationModel(self._workload(), state.models)
+        return self._models.fragmentation
+
+    def saturation(self, state: ClusterState) -> SaturationModel:
+        """The saturation model over ``shapes`` for ``state``'s GPU models."""
+        if self._models.saturation is None:
+            self._models.saturation = SaturationModel(self._workload(), state.models)
+        return self._models.saturation
+
+    def waste_growth(self, before: ClusterState, after: ClusterState) -> float:
+        """How much worse ``after`` is than ``before`` (the same nodes) by the measure this
+        run's policy scores with: saturation waste once ``stowage`` is in use, else FGD's F.
+        Ranks whole outcomes, such as a gang's candidate domains."""
+        saturation = self._models.saturation
+        measure = self._fragmentation_model(before).frag if saturation is None else saturation.waste
+        grown = measure(after.cpu_free, after.gpu_free, after.model_id).sum()
+        return float(grown - measure(before.cpu_free, before.gpu_free, before.model_id).sum())
 
     def note_placed(self, state: ClusterState, node: int) -> None:
         """Refresh cached per-node values after a placement on ``node``."""
-        for stranding, values in self._values.items():
-            values[node] = self._models[stranding].frag(
+        if self._frag is not None and self._models.fragmentation is not None:
+            self._frag[node] = self._models.fragmentation.frag(
                 state.cpu_free[node : node + 1],
                 state.gpu_free[node : node + 1],
                 state.model_id[node : node + 1],
@@ -83,8 +99,8 @@ class PlanContext:
     def restricted(self, rows: IntArray, *, rng: np.random.Generator) -> PlanContext:
         """A context following ``state.subset(rows)``: the same models (shared), the
         cached values of those rows (copied)."""
-        values = {key: array[rows].copy() for key, array in self._values.items()}
-        return PlanContext(rng=rng, shapes=self.shapes, _models=self._models, _values=values)
+        frag = None if self._frag is None else self._frag[rows].copy()
+        return PlanContext(rng=rng, shapes=self.shapes, _models=self._models, _frag=frag)
 
 
 class Policy(Protocol):
@@ -210,44 +226,95 @@ def random_policy(state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Pla
 
 @dataclass(frozen=True)
 class FragmentationPolicy:
-    """Puts each pod (and, for a share, its GPU) where F grows least.
-
-    ``stranding=False`` is FGD; ``stranding=True`` is ``stowage``, whose F also counts the
-    capacity a run of pods of each shape would strand (see :mod:`.fragmentation`).
-    """
-
-    stranding: bool = False
+    """FGD: puts each pod (and, for a share, its GPU) where F grows least."""
 
     def __call__(self, state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Placement | None:
-        model, node_frag = ctx.fragmentation(state, stranding=self.stranding)
+        model, node_frag = ctx.fragmentation(state)
         candidates = np.flatnonzero(state.feasible(pod))
         if len(candidates) == 0:
             return None
-        cpu_after = state.cpu_free[candidates] - pod.cpu_milli
-        free = state.gpu_free[candidates]
-        models = state.model_id[candidates]
-        if pod.is_share:
-            nodes, slots = np.nonzero(free >= pod.gpu_milli)
-            trial = free[nodes].copy()
-            trial[np.arange(len(nodes)), slots] -= pod.gpu_milli
-            after = model.frag_deduplicated(cpu_after[nodes], trial, models[nodes])
-            # per node: its lowest F, then its lowest GPU index
-            order = np.lexsort((slots, after))
-            first = np.unique(nodes[order], return_index=True)[1]
-            best_slot = slots[order][first]
-            f_after = after[order][first]
-        else:
-            trial = free.copy()
-            if pod.num_gpu:
-                full_rank = np.cumsum(trial == FULL, axis=1)
-                trial[(trial == FULL) & (full_rank <= pod.num_gpu)] = 0
-            f_after = model.frag_deduplicated(cpu_after, trial, models)
-        delta = (node_frag[candidates] - f_after) / 1000.0
+        options = _options(state, pod, candidates)
+        f_after = model.frag_deduplicated(options.cpu, options.gpu, options.model)
+        best = options.best_per_node(f_after)
+        delta = (node_frag[candidates] - f_after[best]) / 1000.0
         node = pick_highest(_fgd_scores(delta), candidates)
+        return options.placement(state, pod, candidates, best, node)
+
+
+@dataclass(frozen=True)
+class SaturationPolicy:
+    """``stowage``: puts each pod (and, for a share, its GPU) where the capacity its node
+    will have wasted once full grows least (see :mod:`.saturation`), ties to the lowest row."""
+
+    def __call__(self, state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Placement | None:
+        saturation = ctx.saturation(state)
+        candidates = np.flatnonzero(state.feasible(pod))
+        if len(candidates) == 0:
+            return None
+        options = _options(state, pod, candidates)
+        # one call, so the rollouts of new states run as one batch
+        waste = saturation.waste(
+            np.concatenate([state.cpu_free[candidates], options.cpu]),
+            np.concatenate([state.gpu_free[candidates], options.gpu]),
+            np.concatenate([state.model_id[candidates], options.model]),
+        )
+        before, after = waste[: len(candidates)], waste[len(candidates) :]
+        growth = np.round(after - before[options.node], 6)
+        best = options.best_per_node(growth)
+        return options.placement(
+            state, pod, candidates, best, int(candidates[np.argmin(growth[best])])
+        )
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Where a pod could go: one row per candidate node, or per (candidate, GPU) for a
+    share, with the node's state after the placement."""
+
+    node: IntArray  # index into the candidates
+    slot: IntArray  # a share's GPU; -1 for other pods
+    cpu: IntArray
+    gpu: IntArray
+    model: IntArray
+
+    def best_per_node(self, *keys: FloatArray) -> IntArray:
+        """For each candidate, its option with the lowest ``keys`` (compared in the order
+        given), then the lowest GPU index."""
+        if len(self.node) == len(np.unique(self.node)):
+            return np.arange(len(self.node))
+        order = np.lexsort((self.slot, *keys[::-1]))
+        first = np.unique(self.node[order], return_index=True)[1]
+        return np.asarray(order[first], dtype=np.int64)
+
+    def placement(
+        self,
+        state: ClusterState,
+        pod: PodRequest,
+        candidates: IntArray,
+        best: IntArray,
+        node: int,
+    ) -> Placement:
         if pod.is_share:
             row = int(np.flatnonzero(candidates == node)[0])
-            return Placement(node, (int(best_slot[row]),))
+            return Placement(node, (int(self.slot[best[row]]),))
         return Placement(node, tightest_gpu(state, node, pod))
+
+
+def _options(state: ClusterState, pod: PodRequest, candidates: IntArray) -> _Options:
+    cpu_after = state.cpu_free[candidates] - pod.cpu_milli
+    free = state.gpu_free[candidates]
+    models = state.model_id[candidates]
+    if pod.is_share:
+        nodes, slots = np.nonzero(free >= pod.gpu_milli)
+        trial = free[nodes].copy()
+        trial[np.arange(len(nodes)), slots] -= pod.gpu_milli
+        return _Options(nodes, slots, cpu_after[nodes], trial, models[nodes])
+    trial = free.copy()
+    if pod.num_gpu:
+        full_rank = np.cumsum(trial == FULL, axis=1)
+        trial[(trial == FULL) & (full_rank <= pod.num_gpu)] = 0
+    every = np.arange(len(candidates))
+    return _Options(every, np.full(len(candidates), -1), cpu_after, trial, models)
 
 
 def _fgd_scores(delta: FloatArray) -> IntArray:
@@ -284,6 +351,6 @@ for _name, _policy in (
     ("gpu-clustering", _with(_gpu_clustering)),
     ("kube-default", _with(_kube_default)),
     ("fgd", FragmentationPolicy()),
-    ("stowage", FragmentationPolicy(stranding=True)),
+    ("stowage", SaturationPolicy()),
 ):
     register(_name, _policy)

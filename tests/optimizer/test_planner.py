@@ -20,6 +20,7 @@ from optimizer.planner.fragmentation import (
     unique_rows,
 )
 from optimizer.planner.policies import POLICIES, PlanContext, policy_or_raise
+from optimizer.planner.saturation import SaturationModel
 from optimizer.simulate.fill import PERCENT_POINTS, fill, inflate, load_nodes, load_pods
 from tests.conftest import shared_data_path
 
@@ -97,19 +98,56 @@ def test_fragmentation_by_hand() -> None:
     assert frag[2] == pytest.approx(200)  # too little CPU for any shape: all free GPU counts
 
 
-def test_stranded_capacity_by_hand() -> None:
-    """With stranding, F also counts what a run of pods of each shape would leave behind."""
-    shapes = [
-        Shape(cpu_milli=11_000, num_gpu=1, gpu_milli=FULL, gpu_models=frozenset(), weight=0.5),
-        Shape(cpu_milli=3_000, num_gpu=1, gpu_milli=810, gpu_models=frozenset(), weight=0.5),
+def test_saturation_by_hand() -> None:
+    """With one shape every rollout is the same: pods fit until CPU or GPUs run out."""
+    share = [Shape(3_000, 1, 810, frozenset(), 1.0)]
+    whole = [Shape(11_000, 1, FULL, frozenset(), 1.0)]
+    cpu = np.array([12_000, 3_000, 64_000])
+    gpu = np.array([[1000, 1000, 1000], [1000, 1000, 1000], [100, 0, 0]])
+    model = np.zeros(3, dtype=np.int64)
+    assert SaturationModel(share, ["T4"]).waste(cpu, gpu, model).tolist() == [570, 2190, 100]
+    assert SaturationModel(whole, ["T4"]).waste(cpu, gpu, model).tolist() == [2000, 3000, 100]
+    # a model the shape does not accept: nothing ever fits
+    picky = [Shape(3_000, 1, 810, frozenset({"A100"}), 1.0)]
+    assert SaturationModel(picky, ["T4"]).waste(cpu, gpu, model).tolist() == [3000, 3000, 100]
+
+
+def test_saturation_rolls_multi_gpu_pods_first() -> None:
+    """An empty node is valued as if the 4-GPU pod that fits it comes before the shares
+    that would strand 190 of every GPU; without room for it, the shares fill the node."""
+    shapes = [Shape(1_000, 4, FULL, frozenset(), 0.5), Shape(1_000, 1, 810, frozenset(), 0.5)]
+    saturation = SaturationModel(shapes, ["T4"])
+    cpu = np.array([64_000, 64_000])
+    gpu = np.array([[1000] * 4, [1000, 1000, 1000, 0]])
+    assert saturation.waste(cpu, gpu, np.zeros(2, dtype=np.int64)).tolist() == [0, 570]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0, 3_000, 12_000]),
+            st.lists(st.sampled_from([0, 190, 470, 1000]), min_size=4, max_size=4),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_saturation_is_per_state(rows: list[tuple[int, list[int]]]) -> None:
+    """An estimate depends on the state alone: not on the batch, its order, the GPU order,
+    the memo, or which model instance (same seed) computes it."""
+    shapes = typical_shapes([_pod(3_000, 1, 470), _pod(11_000, 1, FULL), _pod(8_000, 0)] * 3)
+    cpu = np.array([c for c, _ in rows])
+    gpu = np.array([g for _, g in rows])
+    model = np.zeros(len(rows), dtype=np.int64)
+    batch = SaturationModel(shapes, ["T4"]).waste(cpu, gpu, model)
+    fresh = SaturationModel(shapes, ["T4"])
+    one_by_one = [
+        fresh.waste(cpu[i : i + 1], gpu[i : i + 1, ::-1], model[:1])[0] for i in range(len(rows))
     ]
-    fgd = FragmentationModel(shapes, ["T4"])
-    stowage = FragmentationModel(shapes, ["T4"], stranding=True)
-    cpu, gpu, model = np.array([12_000]), np.array([[1000, 1000, 1000]]), np.array([0])
-    assert fgd.frag(cpu, gpu, model)[0] == 0  # one pod of either shape fits
-    # 11-core pods: CPU for one, so two GPUs are stranded; 810 shares: 4 fit (CPU), one per
-    # GPU, stranding 3 x 190.
-    assert stowage.frag(cpu, gpu, model)[0] == pytest.approx(0.5 * 2000 + 0.5 * 570)
+    assert batch.tolist() == one_by_one
+    assert fresh.waste(cpu, gpu, model).tolist() == batch.tolist()
+    assert ((batch >= 0) & (batch <= gpu.sum(axis=1))).all()
 
 
 def test_stowage_keeps_cpu_for_the_gpus() -> None:
