@@ -90,6 +90,8 @@ def place_gang(
     best: tuple[int, float, str, tuple[Placement, ...]] | None = None
     for domain in names:
         rows = np.flatnonzero(labels == domain)
+        if _most_pods(state, rows, gang.pod) < gang.size:
+            continue  # cannot take the gang whatever the policy does: skip the trial fill
         filled = _fill(state, rows, gang, policy=policy, ctx=ctx)
         if filled is None:
             continue
@@ -167,6 +169,23 @@ def _cost(before: ClusterState, after: ClusterState, ctx: PlanContext) -> float:
     if not ctx.shapes:
         return float(after.gpu_free.sum())
     return ctx.waste_growth(before, after)
+
+
+def _most_pods(state: ClusterState, rows: IntArray, pod: PodRequest) -> int:
+    """An upper bound on how many ``pod``s the nodes ``rows`` can host together (each node
+    counted alone, by CPU, memory and GPUs), so a domain under the gang's size is skipped
+    without changing any decision."""
+    by_cpu = state.cpu_free[rows] // max(pod.cpu_milli, 1)
+    by_memory = state.memory_free[rows] // max(pod.memory_mib, 1)
+    most = np.minimum(by_cpu, by_memory)
+    if pod.num_gpu:
+        free = state.gpu_free[rows]
+        if pod.is_share:
+            by_gpu = (free // pod.gpu_milli).sum(axis=1)
+        else:
+            by_gpu = (free == FULL).sum(axis=1) // pod.num_gpu
+        most = np.where(state.model_mask(pod)[rows], np.minimum(most, by_gpu), 0)
+    return int(most.sum())
 
 
 def _free_whole_gpus(state: ClusterState, rows: IntArray) -> int:
