@@ -34,7 +34,11 @@ def _final_state(nodes: Path, pods: list[PodRequest], policy: str, seed: int) ->
     state = ClusterState.from_nodes(load_nodes(nodes))
     rng = np.random.default_rng(seed)
     arrivals = inflate(pods, target_milli=1.3 * state.total_gpu_milli, rng=rng)
-    ctx = PlanContext(rng=np.random.default_rng(seed + 1_000_003), shapes=typical_shapes(pods))
+    ctx = PlanContext(
+        rng=np.random.default_rng(seed + 1_000_003),
+        shapes=typical_shapes(pods),
+        rollout_shapes=typical_shapes(pods, every_multi_gpu=True),
+    )
     choose = policy_or_raise(policy)
     for pod in arrivals:
         placement = choose(state, pod, ctx)

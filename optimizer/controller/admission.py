@@ -178,9 +178,11 @@ class GangAdmitter:
         snapshot = self._snapshot(self._view.nodes(), pods, intents)
         for problem in snapshot.unaccounted:
             log.warning("running pod not accounted", problem=problem)
+        workload = [pod_request(p) for p in pods if p.get("spec")]
         ctx = PlanContext(
             rng=np.random.default_rng(0),
-            shapes=typical_shapes(pod_request(p) for p in pods if p.get("spec")),
+            shapes=typical_shapes(workload),
+            rollout_shapes=typical_shapes(workload, every_multi_gpu=True),
         )
         now = self._clock()
         for gang in sorted(gangs, key=lambda g: self._order(g)):
@@ -387,7 +389,11 @@ class GangAdmitter:
             freed = {p["metadata"].get("uid") for v in chosen for p in v.members}
             running = [pod for uid, pod in self._running if uid not in freed] + self._placed
             trial = build_snapshot(self._facts, running, levels=self._levels, lenient=True)
-            local = PlanContext(rng=np.random.default_rng(0), shapes=ctx.shapes)
+            local = PlanContext(
+                rng=np.random.default_rng(0),
+                shapes=ctx.shapes,
+                rollout_shapes=ctx.rollout_shapes,
+            )
             if place_gang(
                 trial.state, wanted, policy=self._policy, ctx=local, domains=trial.domains
             ).admitted:

@@ -38,12 +38,17 @@ class Shape:
 
 
 def typical_shapes(
-    pods: Iterable[PodRequest], *, coverage: float = DEFAULT_COVERAGE
+    pods: Iterable[PodRequest],
+    *,
+    coverage: float = DEFAULT_COVERAGE,
+    every_multi_gpu: bool = False,
 ) -> list[Shape]:
     """The most frequent shapes covering ``coverage`` of ``pods``, weights renormalised.
 
     Shapes are (CPU, GPU count, milli-GPU per GPU, accepted models); memory is ignored, as in
     the FGD paper. Ties in frequency go to the shape seen first, so the result is stable.
+    ``every_multi_gpu`` also keeps every rarer shape asking for several whole GPUs: rare as
+    they are, they are the pods that need whole GPUs kept together (the ``stowage`` rollouts).
     """
     counts = Counter(
         (p.cpu_milli, p.num_gpu, p.gpu_milli if p.num_gpu else 0, p.gpu_models) for p in pods
@@ -56,6 +61,8 @@ def typical_shapes(
         covered += count
         if covered >= coverage * total:
             break
+    if every_multi_gpu:
+        kept += [(key, count) for key, count in counts.most_common()[len(kept) :] if key[1] > 1]
     weight_sum = sum(c for _, c in kept)
     return [Shape(cpu, n, m, models, c / weight_sum) for (cpu, n, m, models), c in kept]
 

@@ -45,20 +45,22 @@ class _Models:
 class PlanContext:
     """Per-run scratch shared by policy calls (never stored on a policy).
 
-    ``shapes`` is the workload the ``fgd`` and ``stowage`` policies score against; their
-    models are built on first use, and the per-node F values kept current by
-    :meth:`note_placed` (saturation estimates are memoised by node state instead).
+    ``shapes`` is the workload the ``fgd`` policy scores against and ``rollout_shapes`` the
+    one ``stowage`` plays (``shapes`` when empty; see :func:`.typical_shapes`'s
+    ``every_multi_gpu``); their models are built on first use, and the per-node F values kept
+    current by :meth:`note_placed` (saturation estimates are memoised by node state instead).
     """
 
     rng: np.random.Generator
     shapes: Sequence[Shape] = ()
+    rollout_shapes: Sequence[Shape] = ()
     _models: _Models = field(default_factory=_Models, repr=False)
     _frag: FloatArray | None = field(default=None, repr=False)
 
-    def _workload(self) -> list[Shape]:
-        if not self.shapes:
+    def _workload(self, shapes: Sequence[Shape] = ()) -> list[Shape]:
+        if not (shapes or self.shapes):
             raise ValueError("this policy needs PlanContext.shapes (the workload)")
-        return list(self.shapes)
+        return list(shapes or self.shapes)
 
     def fragmentation(self, state: ClusterState) -> tuple[FragmentationModel, FloatArray]:
         """FGD's model and the F of every node of ``state`` (the state this context follows)."""
@@ -75,7 +77,9 @@ class PlanContext:
     def saturation(self, state: ClusterState) -> SaturationModel:
         """The saturation model over ``shapes`` for ``state``'s GPU models."""
         if self._models.saturation is None:
-            self._models.saturation = SaturationModel(self._workload(), state.models)
+            self._models.saturation = SaturationModel(
+                self._workload(self.rollout_shapes), state.models
+            )
         return self._models.saturation
 
     def waste_growth(self, before: ClusterState, after: ClusterState) -> float:
@@ -100,7 +104,13 @@ class PlanContext:
         """A context following ``state.subset(rows)``: the same models (shared), the
         cached values of those rows (copied)."""
         frag = None if self._frag is None else self._frag[rows].copy()
-        return PlanContext(rng=rng, shapes=self.shapes, _models=self._models, _frag=frag)
+        return PlanContext(
+            rng=rng,
+            shapes=self.shapes,
+            rollout_shapes=self.rollout_shapes,
+            _models=self._models,
+            _frag=frag,
+        )
 
 
 class Policy(Protocol):

@@ -103,7 +103,11 @@ def fill(
     rng = np.random.default_rng(seed)
     capacity = state.total_gpu_milli
     arrivals = inflate(pods, target_milli=tune * capacity, rng=rng)
-    ctx = PlanContext(rng=np.random.default_rng(seed + 1_000_003), shapes=typical_shapes(pods))
+    ctx = PlanContext(
+        rng=np.random.default_rng(seed + 1_000_003),
+        shapes=typical_shapes(pods),
+        rollout_shapes=typical_shapes(pods, every_multi_gpu=True),
+    )
     _, node_frag = ctx.fragmentation(state)  # FGD's F, reported for every policy
     alloc: list[float] = []
     frag: list[float] = []

@@ -98,6 +98,13 @@ def test_fragmentation_by_hand() -> None:
     assert frag[2] == pytest.approx(200)  # too little CPU for any shape: all free GPU counts
 
 
+def test_rollout_shapes_keep_every_multi_gpu_shape() -> None:
+    pods = [_pod(4_000, 1, 500)] * 30 + [_pod(8_000, 1, FULL)] * 10 + [_pod(64_000, 8, FULL)]
+    assert [s.num_gpu for s in typical_shapes(pods)] == [1, 1]  # 40 of 41 cover 95%
+    kept = typical_shapes(pods, every_multi_gpu=True)
+    assert [(s.num_gpu, s.weight) for s in kept] == [(1, 30 / 41), (1, 10 / 41), (8, 1 / 41)]
+
+
 def test_saturation_by_hand() -> None:
     """With one shape every rollout is the same: pods fit until CPU or GPUs run out."""
     share = [Shape(3_000, 1, 810, frozenset(), 1.0)]
