@@ -67,6 +67,14 @@ def typical_shapes(
     return [Shape(cpu, n, m, models, c / weight_sum) for (cpu, n, m, models), c in kept]
 
 
+def accepted_models(shapes: list[Shape], models: list[str]) -> BoolArray:
+    """``[shape, model id]``: whether the shape accepts the GPU model."""
+    return np.array(
+        [[not s.gpu_models or m in s.gpu_models for m in models] for s in shapes],
+        dtype=np.bool_,
+    ).reshape(len(shapes), len(models))
+
+
 class FragmentationModel:
     """Computes F for many node states at once.
 
@@ -78,10 +86,7 @@ class FragmentationModel:
     def __init__(self, shapes: list[Shape], models: list[str]) -> None:
         self.shapes = shapes
         self.weights = np.array([s.weight for s in shapes])
-        self.model_ok = np.array(
-            [[not s.gpu_models or m in s.gpu_models for m in models] for s in shapes],
-            dtype=np.bool_,
-        ).reshape(len(shapes), len(models))
+        self.model_ok = accepted_models(shapes, models)
         self._share_millis = sorted(
             {s.gpu_milli for s in shapes if s.num_gpu == 1 and s.gpu_milli < FULL}
         )

@@ -13,6 +13,8 @@ states' estimates differ by their states, not by luck.
 Within a sequence, pods asking for several whole GPUs come first: near the end of a fill the
 pods that still find room are the small ones, while a multi-GPU pod fits only where whole
 GPUs were kept together, so a node that can still take one is valued as if one will come.
+For the same reason the rollouts are best given every multi-GPU shape of the workload, however
+rare (see :func:`.typical_shapes`).
 
 Estimates are memoised by node state (CPU, GPU model, the multiset of per-GPU free milli);
 a node state recurs often across a run, so most placements need only a few new rollouts.
@@ -25,7 +27,7 @@ from typing import Final
 import numpy as np
 
 from optimizer.planner.cluster import FULL, IntArray
-from optimizer.planner.fragmentation import FloatArray, Shape, unique_rows
+from optimizer.planner.fragmentation import FloatArray, Shape, accepted_models, unique_rows
 
 #: Rollouts per state and pods drawn per rollout; measured on the openb traces (see
 #: docs/benchmarks.md): 8 x 25 decides as well as 16 x 40 at a third of the cost, and a
@@ -69,10 +71,7 @@ class SaturationModel:
         self.num_gpu = np.array([s.num_gpu for s in shapes], dtype=np.int64)
         self.milli = np.array([s.gpu_milli if s.num_gpu else 0 for s in shapes], dtype=np.int64)
         self.is_share = (self.num_gpu == 1) & (self.milli < FULL)
-        self.model_ok = np.array(
-            [[not s.gpu_models or m in s.gpu_models for m in models] for s in shapes],
-            dtype=np.bool_,
-        ).reshape(len(shapes), len(models))
+        self.model_ok = accepted_models(shapes, models)
         self._cache: dict[bytes, float] = {}
 
     def waste(self, cpu_free: IntArray, gpu_free: IntArray, model_id: IntArray) -> FloatArray:
