@@ -75,7 +75,8 @@ class PlanContext:
         return self._models.fragmentation
 
     def saturation(self, state: ClusterState) -> SaturationModel:
-        """The saturation model over ``shapes`` for ``state``'s GPU models."""
+        """The saturation model over ``rollout_shapes`` (else ``shapes``) for ``state``'s GPU
+        models."""
         if self._models.saturation is None:
             self._models.saturation = SaturationModel(
                 self._workload(self.rollout_shapes), state.models
