@@ -22,7 +22,6 @@ import numpy as np
 
 from bench.fill import TRACES
 from optimizer.planner.cluster import FULL, ClusterState, PodRequest
-from optimizer.planner.fragmentation import typical_shapes
 from optimizer.planner.policies import PlanContext, policy_or_raise
 from optimizer.simulate.fill import inflate, load_nodes, load_pods
 
@@ -34,11 +33,7 @@ def _final_state(nodes: Path, pods: list[PodRequest], policy: str, seed: int) ->
     state = ClusterState.from_nodes(load_nodes(nodes))
     rng = np.random.default_rng(seed)
     arrivals = inflate(pods, target_milli=1.3 * state.total_gpu_milli, rng=rng)
-    ctx = PlanContext(
-        rng=np.random.default_rng(seed + 1_000_003),
-        shapes=typical_shapes(pods),
-        rollout_shapes=typical_shapes(pods, every_multi_gpu=True),
-    )
+    ctx = PlanContext.for_workload(pods, rng=np.random.default_rng(seed + 1_000_003))
     choose = policy_or_raise(policy)
     for pod in arrivals:
         placement = choose(state, pod, ctx)

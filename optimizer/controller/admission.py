@@ -59,7 +59,6 @@ from optimizer.controller.pods import (
     ungate_patch,
 )
 from optimizer.planner.cluster import PodRequest
-from optimizer.planner.fragmentation import typical_shapes
 from optimizer.planner.gangs import GangRequest, place_gang
 from optimizer.planner.policies import DEFAULT_POLICY, PlanContext, policy_or_raise
 from optimizer.planner.snapshot import (
@@ -178,11 +177,8 @@ class GangAdmitter:
         snapshot = self._snapshot(self._view.nodes(), pods, intents)
         for problem in snapshot.unaccounted:
             log.warning("running pod not accounted", problem=problem)
-        workload = [pod_request(p) for p in pods if p.get("spec")]
-        ctx = PlanContext(
-            rng=np.random.default_rng(0),
-            shapes=typical_shapes(workload),
-            rollout_shapes=typical_shapes(workload, every_multi_gpu=True),
+        ctx = PlanContext.for_workload(
+            [pod_request(p) for p in pods if p.get("spec")], rng=np.random.default_rng(0)
         )
         now = self._clock()
         for gang in sorted(gangs, key=lambda g: self._order(g)):

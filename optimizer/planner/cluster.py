@@ -162,6 +162,13 @@ class ClusterState:
             raise ValueError(f"node {self.names[node]} is over-allocated")
 
 
+def take_whole_gpus(gpu_free: IntArray, counts: IntArray | int) -> None:
+    """Take (set to 0, in place) the ``counts`` lowest-numbered fully free GPUs of each row
+    of ``gpu_free``; a row asking for more than it has loses all its fully free GPUs."""
+    whole = gpu_free == FULL
+    gpu_free[whole & (np.cumsum(whole, axis=1) <= np.reshape(counts, (-1, 1)))] = 0
+
+
 def kind_of(pod: PodRequest) -> int:
     """0: CPU only, 1: a GPU share, 2: whole GPUs (GPU clustering groups by these)."""
     if pod.num_gpu == 0:

@@ -120,10 +120,17 @@ class FragmentationModel:
         """:meth:`frag`, computed once per distinct node state (GPU order does not matter)."""
         if len(cpu_free) < 64:
             return self.frag(cpu_free, gpu_free, model_id)
-        keys = np.column_stack([cpu_free, model_id, np.sort(gpu_free, axis=1)])
-        unique, inverse = unique_rows(keys)
+        unique, inverse = distinct_states(cpu_free, gpu_free, model_id)
         values = self.frag(unique[:, 0], unique[:, 2:], unique[:, 1])
         return values[inverse]
+
+
+def distinct_states(
+    cpu_free: IntArray, gpu_free: IntArray, model_id: IntArray
+) -> tuple[IntArray, IntArray]:
+    """The distinct node states among the rows, as rows ``[cpu, model id, sorted GPU free…]``,
+    and each row's index among them (GPU order does not matter to a state)."""
+    return unique_rows(np.column_stack([cpu_free, model_id, np.sort(gpu_free, axis=1)]))
 
 
 def unique_rows(keys: IntArray) -> tuple[IntArray, IntArray]:

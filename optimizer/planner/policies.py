@@ -15,8 +15,20 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
-from optimizer.planner.cluster import FULL, ClusterState, IntArray, PodRequest, kind_of
-from optimizer.planner.fragmentation import FloatArray, FragmentationModel, Shape
+from optimizer.planner.cluster import (
+    FULL,
+    ClusterState,
+    IntArray,
+    PodRequest,
+    kind_of,
+    take_whole_gpus,
+)
+from optimizer.planner.fragmentation import (
+    FloatArray,
+    FragmentationModel,
+    Shape,
+    typical_shapes,
+)
 from optimizer.planner.saturation import SaturationModel
 from shared.topology import best_connected_gpus
 
@@ -56,6 +68,16 @@ class PlanContext:
     rollout_shapes: Sequence[Shape] = ()
     _models: _Models = field(default_factory=_Models, repr=False)
     _frag: FloatArray | None = field(default=None, repr=False)
+
+    @classmethod
+    def for_workload(cls, pods: Sequence[PodRequest], *, rng: np.random.Generator) -> PlanContext:
+        """A context scoring against ``pods``: their typical shapes, and for the ``stowage``
+        rollouts those plus every multi-GPU shape."""
+        return cls(
+            rng=rng,
+            shapes=typical_shapes(pods),
+            rollout_shapes=typical_shapes(pods, every_multi_gpu=True),
+        )
 
     def _workload(self, shapes: Sequence[Shape] = ()) -> list[Shape]:
         if not (shapes or self.shapes):
@@ -322,8 +344,7 @@ def _options(state: ClusterState, pod: PodRequest, candidates: IntArray) -> _Opt
         return _Options(nodes, slots, cpu_after[nodes], trial, models[nodes])
     trial = free.copy()
     if pod.num_gpu:
-        full_rank = np.cumsum(trial == FULL, axis=1)
-        trial[(trial == FULL) & (full_rank <= pod.num_gpu)] = 0
+        take_whole_gpus(trial, pod.num_gpu)
     every = np.arange(len(candidates))
     return _Options(every, np.full(len(candidates), -1), cpu_after, trial, models)
 

@@ -26,12 +26,12 @@ from typing import Final
 
 import numpy as np
 
-from optimizer.planner.cluster import FULL, IntArray
-from optimizer.planner.fragmentation import FloatArray, Shape, accepted_models, unique_rows
+from optimizer.planner.cluster import FULL, IntArray, take_whole_gpus
+from optimizer.planner.fragmentation import FloatArray, Shape, accepted_models, distinct_states
 
 #: Rollouts per state and pods drawn per rollout; measured on the openb traces (see
-#: docs/benchmarks.md): 8 x 25 decides as well as 16 x 40 at a third of the cost, and a
-#: horizon of 15 is too short to fill a node.
+#: docs/benchmarks.md): 8 x 25 decides as well as 16 or 32 rollouts or a horizon of 40, at
+#: less cost, and a horizon of 15 is too short to fill a node.
 ROLLOUTS: Final = 8
 HORIZON: Final = 25
 #: The memo is cleared past this many states, so a long-lived optimizer does not grow.
@@ -76,8 +76,7 @@ class SaturationModel:
 
     def waste(self, cpu_free: IntArray, gpu_free: IntArray, model_id: IntArray) -> FloatArray:
         """Estimated free GPU milli left on each row's node state once it is full."""
-        keys = np.column_stack([cpu_free, model_id, -np.sort(-gpu_free, axis=1)])
-        distinct, inverse = unique_rows(keys)
+        distinct, inverse = distinct_states(cpu_free, gpu_free, model_id)
         values = np.empty(len(distinct))
         missing: list[int] = []
         for row, key in enumerate(map(np.ndarray.tobytes, distinct)):
@@ -120,7 +119,6 @@ class SaturationModel:
             gpu[rows[shared], tightest[shared]] -= milli[shared]
             takes_whole = fits & ~share & (num_gpu > 0)
             if takes_whole.any():
-                rank = np.cumsum(whole, axis=1)
-                gpu[whole & (rank <= num_gpu[:, None]) & takes_whole[:, None]] = 0
+                take_whole_gpus(gpu, np.where(takes_whole, num_gpu, 0))
         left: FloatArray = gpu.sum(axis=1).reshape(states, count).mean(axis=1)
         return left

@@ -19,7 +19,6 @@ from typing import Final
 import numpy as np
 
 from optimizer.planner.cluster import ClusterState, NodeSpec, PodRequest
-from optimizer.planner.fragmentation import typical_shapes
 from optimizer.planner.policies import PlanContext, policy_or_raise
 
 PERCENT_POINTS: Final = 131  # 0 ... 130
@@ -103,11 +102,7 @@ def fill(
     rng = np.random.default_rng(seed)
     capacity = state.total_gpu_milli
     arrivals = inflate(pods, target_milli=tune * capacity, rng=rng)
-    ctx = PlanContext(
-        rng=np.random.default_rng(seed + 1_000_003),
-        shapes=typical_shapes(pods),
-        rollout_shapes=typical_shapes(pods, every_multi_gpu=True),
-    )
+    ctx = PlanContext.for_workload(pods, rng=np.random.default_rng(seed + 1_000_003))
     _, node_frag = ctx.fragmentation(state)  # FGD's F, reported for every policy
     alloc: list[float] = []
     frag: list[float] = []
