@@ -8,6 +8,7 @@ code behind it never sees client model classes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -23,34 +24,79 @@ POD_GROUP_GROUP: Final = "scheduling.x-k8s.io"
 POD_GROUP_VERSION: Final = "v1alpha1"
 
 
-class ConflictError(Exception):
-    """The object changed since it was read (409), or already exists on create."""
+class KubeError(Exception):
+    """The API server refused a call. ``status`` is the HTTP code, ``reason`` the Status
+    reason (``Conflict``, ``NotFound``, …) and ``message`` the server's own words, kept so
+    logs and audit entries say what the server said."""
 
-
-class GoneError(Exception):
-    """A watch's resourceVersion is too old (410): list again."""
-
-
-class NotFoundError(Exception):
-    """The object does not exist (404)."""
-
-
-class RefusedError(Exception):
-    """The API server said no for a reason the caller must respect (e.g. 429 from a
-    PodDisruptionBudget on eviction); ``status`` and ``reason`` say which."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{status}: {reason}")
+    def __init__(self, status: int, reason: str, message: str = "") -> None:
+        super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
         self.status = status
         self.reason = reason
+        self.message = message
 
 
-def _translate(error: ApiException) -> Exception:
-    if error.status == 409:
-        return ConflictError(error.reason or "conflict")
-    if error.status == 404:
-        return NotFoundError(error.reason or "not found")
-    return RefusedError(int(error.status or 0), error.reason or str(error))
+class NotFoundError(KubeError):
+    """404: the object does not exist (deleting or evicting it is then a normal outcome)."""
+
+    def __init__(self, message: str = "not found") -> None:
+        super().__init__(404, "NotFound", message)
+
+
+class ConflictError(KubeError):
+    """409: the object changed since it was read, or already exists on create."""
+
+    def __init__(self, message: str = "conflict") -> None:
+        super().__init__(409, "Conflict", message)
+
+
+class GoneError(KubeError):
+    """410: a watch's resourceVersion is too old: list again."""
+
+    def __init__(self, message: str = "resource version too old") -> None:
+        super().__init__(410, "Gone", message)
+
+
+class RefusedError(KubeError):
+    """Any other refusal (5xx included); ``status`` says which."""
+
+
+class TooManyRequestsError(RefusedError):
+    """429: e.g. a PodDisruptionBudget refusing an eviction; respect it, never force."""
+
+
+class InvalidError(RefusedError):
+    """422: the server's validation refused the object (the message names the field)."""
+
+
+class ForbiddenError(RefusedError):
+    """403: RBAC does not allow the call (the chart's grants and the code disagree)."""
+
+
+def _server_message(error: ApiException) -> str:
+    try:
+        body = json.loads(error.body or "{}")
+    except (TypeError, ValueError):
+        return str(error.body or "")
+    return str(body.get("message") or "") if isinstance(body, dict) else ""
+
+
+def _translate(error: ApiException) -> KubeError:
+    """The typed error for an ``ApiException``, with the server's Status message."""
+    status = int(error.status or 0)
+    message = _server_message(error) or str(error.reason or "")
+    if status == 404:
+        return NotFoundError(message)
+    if status == 409:
+        return ConflictError(message)
+    if status == 410:
+        return GoneError(message)
+    kinds: dict[int, type[RefusedError]] = {
+        429: TooManyRequestsError,
+        422: InvalidError,
+        403: ForbiddenError,
+    }
+    return kinds.get(status, RefusedError)(status, str(error.reason or ""), message)
 
 
 def _body(obj: Mapping[str, Any]) -> Any:
@@ -126,11 +172,10 @@ class KubeApi:
                     raw = event.get("raw_object") or {}
                     if raw.get("code") == 410:
                         raise GoneError(raw.get("message") or "resource version too old")
-                    raise RefusedError(int(raw.get("code") or 500), raw.get("message") or "")
+                    code = int(raw.get("code") or 500)
+                    raise RefusedError(code, str(raw.get("reason") or ""), raw.get("message") or "")
                 yield event["type"], self._plain(event["object"])
         except ApiException as error:
-            if error.status == 410:
-                raise GoneError(error.reason or "resource version too old") from error
             raise _translate(error) from error
 
     @needs("", "nodes", "patch")
@@ -183,7 +228,8 @@ class KubeApi:
     @needs("", "pods/eviction", "create")
     def evict_pod(self, namespace: str, name: str) -> None:
         """Evict through the Eviction API; a PodDisruptionBudget's 429 arrives as
-        :class:`RefusedError` (status 429) and must be respected, not retried by force."""
+        :class:`TooManyRequestsError` and must be respected, not retried by force; a pod
+        already gone is :class:`NotFoundError`."""
         body = {
             "apiVersion": "policy/v1",
             "kind": "Eviction",

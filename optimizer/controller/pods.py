@@ -157,33 +157,63 @@ def gang_spec(
     )
 
 
-def _sum(containers: Sequence[Mapping[str, Any]], resource: str) -> Decimal:
-    total = Decimal(0)
-    for container in containers:
-        requests = (container.get("resources") or {}).get("requests") or {}
-        limits = (container.get("resources") or {}).get("limits") or {}
-        value = requests.get(resource, limits.get(resource) if resource == GPU_RESOURCE else None)
-        if value is not None:
-            total += parse_quantity(value)
+#: Resources with their own columns in the planner; everything else is an ``extra``.
+_OWN_COLUMNS: Final = frozenset({"cpu", "memory", GPU_RESOURCE})
+#: The kubelet's default ``--max-pods``, for a node object that does not say (test fixtures).
+DEFAULT_MAX_PODS: Final = 110
+
+
+def _amounts(resources: Mapping[str, Any] | None) -> dict[str, Decimal]:
+    return {str(k): parse_quantity(v) for k, v in (resources or {}).items()}
+
+
+def _container_requests(container: Mapping[str, Any]) -> dict[str, Decimal]:
+    """A container's requests; a resource with only a limit requests its limit (the API
+    server defaults requests from limits)."""
+    resources = container.get("resources") or {}
+    requests = _amounts(resources.get("requests"))
+    for name, limit in _amounts(resources.get("limits")).items():
+        requests.setdefault(name, limit)
+    return requests
+
+
+def _effective_requests(spec: Mapping[str, Any]) -> dict[str, Decimal]:
+    """kube-scheduler's pod request: the sum over containers, at least the largest init
+    container, plus the pod's overhead."""
+    total: dict[str, Decimal] = {}
+    for container in spec.get("containers") or []:
+        for name, amount in _container_requests(container).items():
+            total[name] = total.get(name, Decimal(0)) + amount
+    for container in spec.get("initContainers") or []:
+        for name, amount in _container_requests(container).items():
+            total[name] = max(total.get(name, Decimal(0)), amount)
+    for name, amount in _amounts(spec.get("overhead")).items():
+        total[name] = total.get(name, Decimal(0)) + amount
     return total
 
 
+def _ceil(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding="ROUND_CEILING"))
+
+
 def pod_request(pod: Mapping[str, Any]) -> PodRequest:
-    """CPU, memory and GPUs the pod asks for (init containers: the largest of each)."""
-    spec = pod.get("spec", {})
-    containers = spec.get("containers") or []
-    inits = spec.get("initContainers") or []
-
-    def need(resource: str) -> Decimal:
-        app = _sum(containers, resource)
-        init = max((_sum([c], resource) for c in inits), default=Decimal(0))
-        return max(app, init)
-
+    """What the pod holds on a node: CPU (milli), memory (MiB), GPUs, and every other
+    resource as an ``extra`` (``pods``: 1 for every pod). Rounded up, so the planner never
+    thinks a node roomier than kube-scheduler does."""
+    spec = pod.get("spec") or {}
     try:
-        cpu = int(need("cpu") * 1000)
-        memory = int(need("memory") / (1024 * 1024))
-        gpus = int(need(GPU_RESOURCE))
-    except (ValueError, ArithmeticError) as error:
+        need = _effective_requests(spec)
+        cpu = _ceil(need.get("cpu", Decimal(0)) * 1000)
+        memory = _ceil(need.get("memory", Decimal(0)) / (1024 * 1024))
+        gpus = _ceil(need.get(GPU_RESOURCE, Decimal(0)))
+        extra = tuple(
+            sorted(
+                (name, _ceil(amount))
+                for name, amount in need.items()
+                if name not in _OWN_COLUMNS and amount > 0
+            )
+        )
+    except (ValueError, ArithmeticError, TypeError, AttributeError) as error:
         raise SpecError(f"unreadable resource request: {error}") from None
     milli = FULL
     share = _declared(pod, GPU_MILLI)
@@ -192,21 +222,24 @@ def pod_request(pod: Mapping[str, Any]) -> PodRequest:
             raise SpecError(f"{GPU_MILLI} needs exactly one {GPU_RESOURCE}, not {gpus}")
         milli = _int(pod, GPU_MILLI, low=1, high=FULL) or FULL
     return PodRequest(
-        name=pod.get("metadata", {}).get("name", ""),
+        name=(pod.get("metadata") or {}).get("name", ""),
         cpu_milli=cpu,
         memory_mib=memory,
         num_gpu=gpus,
         gpu_milli=milli if gpus else 0,
+        extra=(("pods", 1), *extra),
     )
 
 
-def node_allocatable(node: Mapping[str, Any]) -> tuple[int, int, int]:
-    """(milli-CPU, MiB, GPUs) the node offers to pods."""
-    allocatable = node.get("status", {}).get("allocatable") or {}
-    cpu = int(parse_quantity(allocatable.get("cpu", "0")) * 1000)
-    memory = int(parse_quantity(allocatable.get("memory", "0")) / (1024 * 1024))
-    gpus = int(parse_quantity(allocatable.get(GPU_RESOURCE, "0")))
-    return cpu, memory, gpus
+def node_allocatable(node: Mapping[str, Any]) -> tuple[int, int, int, dict[str, int]]:
+    """(milli-CPU, MiB, GPUs, every other resource) the node offers to pods, rounded down."""
+    allocatable = _amounts((node.get("status") or {}).get("allocatable"))
+    cpu = int(allocatable.get("cpu", Decimal(0)) * 1000)
+    memory = int(allocatable.get("memory", Decimal(0)) / (1024 * 1024))
+    gpus = int(allocatable.get(GPU_RESOURCE, Decimal(0)))
+    extra = {name: int(v) for name, v in allocatable.items() if name not in _OWN_COLUMNS}
+    extra.setdefault("pods", DEFAULT_MAX_PODS)
+    return cpu, memory, gpus, extra
 
 
 def pinned_node(pod: Mapping[str, Any]) -> str | None:

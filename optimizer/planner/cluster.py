@@ -25,13 +25,15 @@ BoolArray = npt.NDArray[np.bool_]
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """A node's capacity."""
+    """A node's capacity; ``extra`` holds every other resource the node offers (``pods``,
+    ``ephemeral-storage`` in bytes, extended resources such as MIG slices), by name."""
 
     name: str
     cpu_milli: int
     memory_mib: int
     gpus: int
     model: str
+    extra: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,13 @@ class PodRequest:
     num_gpu: int
     gpu_milli: int  # per GPU; < 1000 only with num_gpu == 1 (a GPU share)
     gpu_models: frozenset[str] = frozenset()  # empty: any model
+    #: Every other resource asked for, as (name, amount) pairs (see :class:`NodeSpec`).
+    extra: tuple[tuple[str, int], ...] = ()
+    #: Which of :attr:`ClusterState.masks` says where the pod may go ("": anywhere).
+    mask_key: str = ""
+    #: No two pods with this ``mask_key`` on one node (required anti-affinity on hostname
+    #: that matches the pod's own kind).
+    spread: bool = False
 
     @property
     def is_share(self) -> bool:
@@ -79,6 +88,13 @@ class ClusterState:
     kinds: IntArray  # pods per node by kind_of(): CPU only, GPU share, whole GPUs
     #: GPU topology by node name, where known (the simulator's traces have none).
     topology: Mapping[str, NodeTopology] = field(default_factory=dict)
+    #: Names of the other resources (columns of ``extra_free``).
+    extra_names: tuple[str, ...] = ()
+    extra_free: IntArray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+    #: Mask key -> the nodes a pod with that key may use (the static filters' verdict).
+    masks: dict[str, BoolArray] = field(default_factory=dict)
+    #: Mask key -> pods of a ``spread`` kind on each node.
+    spread_count: dict[str, IntArray] = field(default_factory=dict)
 
     @classmethod
     def from_nodes(
@@ -91,6 +107,10 @@ class ClusterState:
         present = np.zeros((len(ordered), width), dtype=np.bool_)
         for i, node in enumerate(ordered):
             present[i, : node.gpus] = True
+        extra_names = tuple(sorted({name for n in ordered for name in n.extra}))
+        extra = np.array(
+            [[n.extra.get(name, 0) for name in extra_names] for n in ordered], dtype=np.int64
+        ).reshape(len(ordered), len(extra_names))
         return cls(
             names=[n.name for n in ordered],
             models=models,
@@ -102,6 +122,8 @@ class ClusterState:
             gpu_present=present,
             kinds=np.zeros((len(ordered), 3), dtype=np.int64),
             topology=dict(topology or {}),
+            extra_names=extra_names,
+            extra_free=extra,
         )
 
     @property
@@ -128,7 +150,15 @@ class ClusterState:
             gpu_present=self.gpu_present[rows].copy(),
             kinds=self.kinds[rows].copy(),
             topology=self.topology,
+            extra_names=self.extra_names,
+            extra_free=self.extra_free[rows].copy(),
+            masks={key: mask[rows] for key, mask in self.masks.items()},
+            spread_count={key: count[rows] for key, count in self.spread_count.items()},
         )
+
+    def copy(self) -> ClusterState:
+        """An independent copy (a session's working state)."""
+        return self.subset(np.arange(len(self.names)))
 
     def model_mask(self, pod: PodRequest) -> BoolArray:
         """Nodes whose GPU model the pod accepts."""
@@ -137,8 +167,8 @@ class ClusterState:
         allowed = [i for i, m in enumerate(self.models) if m in pod.gpu_models]
         return np.asarray(np.isin(self.model_id, allowed), dtype=np.bool_)
 
-    def feasible(self, pod: PodRequest) -> BoolArray:
-        """Nodes that can host ``pod`` now."""
+    def _fits(self, pod: PodRequest) -> BoolArray:
+        """Nodes with room for ``pod``'s CPU, memory and GPUs."""
         ok = (self.cpu_free >= pod.cpu_milli) & (self.memory_free >= pod.memory_mib)
         if pod.num_gpu == 0:
             return ok
@@ -149,6 +179,25 @@ class ClusterState:
             gpu_ok = (self.gpu_free == FULL).sum(axis=1) >= pod.num_gpu
         return np.asarray(ok & gpu_ok, dtype=np.bool_)
 
+    def feasible(self, pod: PodRequest) -> BoolArray:
+        """Nodes that can host ``pod`` now: resources, and the pod's mask where it has one."""
+        ok = self._fits(pod)
+        if pod.extra:
+            columns = {name: i for i, name in enumerate(self.extra_names)}
+            for name, amount in pod.extra:
+                if name in columns:
+                    ok = ok & (self.extra_free[:, columns[name]] >= amount)
+                elif amount > 0:
+                    return np.zeros(len(self.names), dtype=np.bool_)
+        if pod.mask_key:
+            mask = self.masks.get(pod.mask_key)
+            if mask is not None:
+                ok = ok & mask
+            count = self.spread_count.get(pod.mask_key)
+            if count is not None:
+                ok = ok & (count == 0)
+        return ok
+
     def allocate(self, node: int, gpus: Sequence[int], pod: PodRequest) -> None:
         """Take ``pod``'s resources on ``node``: ``gpu_milli`` from each of ``gpus``."""
         self.cpu_free[node] -= pod.cpu_milli
@@ -158,8 +207,32 @@ class ClusterState:
                 raise ValueError(f"GPU {gpu} of node {self.names[node]} is over-allocated")
             self.gpu_free[node, gpu] -= pod.gpu_milli
         self.kinds[node, kind_of(pod)] += 1
+        self._take_extra(node, pod, sign=1)
         if self.cpu_free[node] < 0 or self.memory_free[node] < 0:
             raise ValueError(f"node {self.names[node]} is over-allocated")
+
+    def release(self, node: int, gpus: Sequence[int], pod: PodRequest) -> None:
+        """Give back what :meth:`allocate` took (an eviction, or a discarded trial)."""
+        self.cpu_free[node] += pod.cpu_milli
+        self.memory_free[node] += pod.memory_mib
+        for gpu in gpus:
+            self.gpu_free[node, gpu] += pod.gpu_milli
+            if self.gpu_free[node, gpu] > FULL:
+                raise ValueError(f"GPU {gpu} of node {self.names[node]} released twice")
+        self.kinds[node, kind_of(pod)] -= 1
+        self._take_extra(node, pod, sign=-1)
+
+    def _take_extra(self, node: int, pod: PodRequest, *, sign: int) -> None:
+        if pod.extra:
+            columns = {name: i for i, name in enumerate(self.extra_names)}
+            for name, amount in pod.extra:
+                if name in columns:
+                    self.extra_free[node, columns[name]] -= sign * amount
+        if pod.spread and pod.mask_key:
+            count = self.spread_count.get(pod.mask_key)
+            if count is None:
+                count = self.spread_count[pod.mask_key] = np.zeros(len(self.names), np.int64)
+            count[node] += sign
 
 
 def take_whole_gpus(gpu_free: IntArray, counts: IntArray | int) -> None:

@@ -20,7 +20,7 @@ from typing import Final
 
 import numpy as np
 
-from optimizer.planner.cluster import FULL, ClusterState, IntArray, PodRequest
+from optimizer.planner.cluster import FULL, BoolArray, ClusterState, IntArray, PodRequest
 from optimizer.planner.policies import Placement, PlanContext, Policy
 
 #: A node without the label of a level (see optimizer.planner.snapshot.NO_DOMAIN).
@@ -31,7 +31,9 @@ CLUSTER_TOO_SMALL: Final = "cluster-too-small"
 
 @dataclass(frozen=True)
 class GangRequest:
-    """``size`` pods like ``pod``, placed together or not at all."""
+    """``size`` pods placed together or not at all: each like ``pod``, or, with ``members``,
+    member ``i`` asks for ``members[i]`` (a launcher beside its workers). The first ``size``
+    members are the minimum; an elastic gang (``max_size``) adds the rest where they fit."""
 
     name: str
     pod: PodRequest
@@ -39,6 +41,7 @@ class GangRequest:
     topology_level: str | None = None
     required: bool = True
     max_size: int | None = None  # elastic: up to this many members when they fit
+    members: tuple[PodRequest, ...] = ()
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -47,6 +50,19 @@ class GangRequest:
             raise ValueError(
                 f"gang {self.name}: max_size {self.max_size} is below size {self.size}"
             )
+        if self.members and len(self.members) != (self.max_size or self.size):
+            raise ValueError(
+                f"gang {self.name}: {len(self.members)} member requests for "
+                f"{self.max_size or self.size} members"
+            )
+
+    def member(self, index: int) -> PodRequest:
+        """What member ``index`` asks for."""
+        return self.members[index] if self.members else self.pod
+
+    def minimum(self) -> list[PodRequest]:
+        """The requests of the first ``size`` members."""
+        return [self.member(i) for i in range(self.size)]
 
 
 @dataclass(frozen=True)
@@ -87,10 +103,11 @@ def place_gang(
         raise ValueError(f"unknown topology level {gang.topology_level!r}; known: {known}")
     labels = np.asarray(domains[gang.topology_level])
     names = sorted(set(labels.tolist()) - {NO_DOMAIN})
+    usable = {pod: state.feasible(pod) for pod in set(gang.minimum())}
     best: tuple[int, float, str, tuple[Placement, ...]] | None = None
     for domain in names:
         rows = np.flatnonzero(labels == domain)
-        if _most_pods(state, rows, gang.pod) < gang.size:
+        if not _may_hold(state, rows, gang, usable):
             continue  # cannot take the gang whatever the policy does: skip the trial fill
         filled = _fill(state, rows, gang, policy=policy, ctx=ctx)
         if filled is None:
@@ -118,7 +135,7 @@ def place_gang(
         domain=None,
         code=NO_DOMAIN_FITS,
         reason=(
-            f"needs {gang.size} x {_shape(gang.pod)} in one {gang.topology_level}; "
+            f"needs {_shape(gang)} in one {gang.topology_level}; "
             f"the {gang.topology_level} with the most room ({largest[1]}) has "
             f"{largest[0]} free GPUs"
         ),
@@ -136,8 +153,7 @@ def _whole_cluster(
             domain=None,
             code=CLUSTER_TOO_SMALL,
             reason=(
-                f"needs {gang.size} x {_shape(gang.pod)}; the cluster has "
-                f"{_free_whole_gpus(state, rows)} free GPUs"
+                f"needs {_shape(gang)}; the cluster has {_free_whole_gpus(state, rows)} free GPUs"
             ),
         )
     return GangDecision(placements=filled[0], domain=None)
@@ -152,12 +168,13 @@ def _fill(
     local = ctx.restricted(rows, rng=np.random.default_rng(0))
     placements = []
     for member in range(gang.max_size or gang.size):
-        placement = policy(trial, gang.pod, local)
+        pod = gang.member(member)
+        placement = policy(trial, pod, local)
         if placement is None:
             if member < gang.size:
                 return None
             break
-        trial.allocate(placement.node, placement.gpus, gang.pod)
+        trial.allocate(placement.node, placement.gpus, pod)
         local.note_placed(trial, placement.node)
         placements.append(Placement(int(rows[placement.node]), placement.gpus))
     return tuple(placements), trial
@@ -171,10 +188,24 @@ def _cost(before: ClusterState, after: ClusterState, ctx: PlanContext) -> float:
     return ctx.waste_growth(before, after)
 
 
-def _most_pods(state: ClusterState, rows: IntArray, pod: PodRequest) -> int:
+def _may_hold(
+    state: ClusterState,
+    rows: IntArray,
+    gang: GangRequest,
+    usable: Mapping[PodRequest, BoolArray],
+) -> bool:
+    """False when the nodes ``rows`` surely cannot hold the gang's minimum: for some kind of
+    member, more are needed than :func:`_most_pods` allows. A necessary condition only, so
+    skipping such a domain changes no decision."""
+    needed: dict[PodRequest, int] = {}
+    for pod in gang.minimum():
+        needed[pod] = needed.get(pod, 0) + 1
+    return all(_most_pods(state, rows, pod, usable[pod]) >= count for pod, count in needed.items())
+
+
+def _most_pods(state: ClusterState, rows: IntArray, pod: PodRequest, usable: BoolArray) -> int:
     """An upper bound on how many ``pod``s the nodes ``rows`` can host together (each node
-    counted alone, by CPU, memory and GPUs), so a domain under the gang's size is skipped
-    without changing any decision."""
+    counted alone, by CPU, memory and GPUs, on the nodes the pod may use at all)."""
     by_cpu = state.cpu_free[rows] // max(pod.cpu_milli, 1)
     by_memory = state.memory_free[rows] // max(pod.memory_mib, 1)
     most = np.minimum(by_cpu, by_memory)
@@ -184,7 +215,8 @@ def _most_pods(state: ClusterState, rows: IntArray, pod: PodRequest) -> int:
             by_gpu = (free // pod.gpu_milli).sum(axis=1)
         else:
             by_gpu = (free == FULL).sum(axis=1) // pod.num_gpu
-        most = np.where(state.model_mask(pod)[rows], np.minimum(most, by_gpu), 0)
+        most = np.minimum(most, by_gpu)
+    most = np.where(usable[rows], most, 0)
     return int(most.sum())
 
 
@@ -192,7 +224,15 @@ def _free_whole_gpus(state: ClusterState, rows: IntArray) -> int:
     return int((state.gpu_free[rows] == FULL).sum())
 
 
-def _shape(pod: PodRequest) -> str:
+def _shape(gang: GangRequest) -> str:
+    """``4 x 8 GPUs``, or ``1 x 4 CPUs + 4 x 8 GPUs`` for a mixed gang's minimum."""
+    counts: dict[str, int] = {}
+    for pod in gang.minimum():
+        counts[_pod_shape(pod)] = counts.get(_pod_shape(pod), 0) + 1
+    return " + ".join(f"{count} x {shape}" for shape, count in counts.items())
+
+
+def _pod_shape(pod: PodRequest) -> str:
     if pod.num_gpu == 0:
         return f"{pod.cpu_milli // 1000} CPUs"
     if pod.is_share:

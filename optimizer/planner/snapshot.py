@@ -52,6 +52,8 @@ class NodeFacts:
     report: NodeReport | None = None  # the agent's latest topology report
     gpu_model: str | None = None  # when there is no report (e.g. from a GFD label)
     gpu_count: int = 0  # likewise
+    #: Every other allocatable resource (``pods``, ``ephemeral-storage`` bytes, MIG slices).
+    extra: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class Snapshot:
     levels: tuple[TopologyLevel, ...] = DEFAULT_LEVELS
     #: Running pods that did not fit their node (lenient builds only): "pod on node: why".
     unaccounted: tuple[str, ...] = ()
+    #: For each running pod given, in order: (row, GPUs it holds), or None when it is not
+    #: counted (unknown node, or unaccounted).
+    held: tuple[tuple[int, tuple[int, ...]] | None, ...] = ()
 
     def level_names(self) -> list[str]:
         return [level.name for level in self.levels]
@@ -87,8 +92,8 @@ def build_snapshot(
 ) -> Snapshot:
     """The snapshot of ``nodes`` with ``running`` pods' resources taken.
 
-    A GPU the agent reports ``lost`` is not schedulable; ``degraded`` GPUs are kept (the node
-    label says so, and a pod may still tolerate them). A running pod that holds more than its
+    A GPU the agent reports ``lost`` or ``degraded`` (a critical XID, uncorrectable ECC, a
+    pending row remap) is not offered to new pods. A running pod that holds more than its
     node has left means the facts are inconsistent: ValueError, or with ``lenient`` (facts
     read from a live cluster, where a node may have shrunk under its pods) the pod is listed
     in :attr:`Snapshot.unaccounted`. Running pods on unknown nodes are ignored.
@@ -106,10 +111,12 @@ def build_snapshot(
                 links=LinkMatrix.from_links(report.links),
                 numa_of={g.index: g.numa_node for g in gpus},
             )
-            lost[node.name] = [g.index for g in gpus if g.health is GpuHealth.LOST]
+            lost[node.name] = [g.index for g in gpus if g.health is not GpuHealth.OK]
         else:
             model, count = node.gpu_model or "", node.gpu_count
-        specs.append(NodeSpec(node.name, node.cpu_milli, node.memory_mib, count, model))
+        specs.append(
+            NodeSpec(node.name, node.cpu_milli, node.memory_mib, count, model, dict(node.extra))
+        )
     state = ClusterState.from_nodes(specs, topology=topology)
     for name, indices in lost.items():
         row = state.names.index(name)
@@ -118,8 +125,10 @@ def build_snapshot(
             state.gpu_free[row, gpu] = 0
     row_of = {name: row for row, name in enumerate(state.names)}
     unaccounted = []
+    placed: list[tuple[int, tuple[int, ...]] | None] = []
     for pod in running:
         at = row_of.get(pod.node)
+        placed.append(None)
         if at is None:
             continue
         try:
@@ -127,6 +136,7 @@ def build_snapshot(
                 raise ValueError(f"node {pod.node} is over-allocated")
             held = pod.gpus or tightest_gpu(state, at, pod.pod)
             state.allocate(at, held, pod.pod)
+            placed[-1] = (at, tuple(held))
         except ValueError as error:
             if not lenient:
                 raise
@@ -137,5 +147,9 @@ def build_snapshot(
         for level in levels
     }
     return Snapshot(
-        state=state, domains=domains, levels=tuple(levels), unaccounted=tuple(unaccounted)
+        state=state,
+        domains=domains,
+        levels=tuple(levels),
+        unaccounted=tuple(unaccounted),
+        held=tuple(placed),
     )

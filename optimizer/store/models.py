@@ -268,7 +268,8 @@ class GangStatus(Base):
 
     namespace: Mapped[str] = mapped_column(String(63), primary_key=True)
     gang: Mapped[str] = mapped_column(String(253), primary_key=True)
-    phase: Mapped[str] = mapped_column(String(16))  # waiting | admitted | timed-out | invalid
+    #: waiting | would-admit | admitted | running | succeeded | failed | timed-out | invalid
+    phase: Mapped[str] = mapped_column(String(16))
     message: Mapped[str] = mapped_column(Text)
     size: Mapped[int]
     members: Mapped[int]
@@ -278,3 +279,7 @@ class GangStatus(Base):
     plan_id: Mapped[str | None] = mapped_column(String(64))
     #: {"pods": {pod name: node}} once admitted
     placement: Mapped[dict[str, Any]]
+    #: After a timeout: no new plan before this time (kept here, so a new leader honours it).
+    retry_at: Mapped[datetime | None]
+    #: The current backoff; doubles on each timeout up to a cap.
+    backoff_s: Mapped[float] = mapped_column(Float, server_default="0")

@@ -1,0 +1,179 @@
+"""The cycle's input beyond the cluster arrays (jobs, bound pods) and its output (a Plan)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from optimizer.planner.cluster import PodRequest
+from optimizer.planner.objects import NodeInfo, PodInfo
+from optimizer.planner.snapshot import Snapshot
+
+# Wait codes (module constants so events, the CLI and tests share them).
+NO_ROOM: Final = "no-room"
+FILTERED: Final = "filtered"
+UNSUPPORTED: Final = "unsupported-constraint"
+PREEMPTING: Final = "preempting"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A gang, or a lone pod, to place: all of ``size`` more members or none.
+
+    ``pending`` are the members still to place (gated by Stowage, or, for an unmanaged job,
+    the one pod kube-scheduler will place: planned only so that its room is not promised to
+    a gang). ``released`` members already run and count toward ``max_size``.
+    """
+
+    namespace: str
+    name: str
+    size: int
+    pending: tuple[PodInfo, ...]
+    max_size: int | None = None  # total members, released ones included
+    released: int = 0
+    topology_level: str | None = None
+    required: bool = True
+    queue: str | None = None
+    priority: int = 0
+    created: str = ""
+    managed: bool = True
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class BoundPod:
+    """A pod holding capacity on a node: bound, admitted and not bound yet, nominated, or a
+    slot of an unfinished admission. ``gang`` is its gang's key (None: not a gang member)."""
+
+    info: PodInfo
+    node: str
+    gpus: tuple[int, ...] = ()
+    gang: tuple[str, str] | None = None
+    terminating: bool = False
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """An object left out of the cycle, and why."""
+
+    kind: str
+    namespace: str
+    name: str
+    reason: str
+    uid: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    """Everything one cycle reads, immutable: nodes (in the state's row order), the arrays
+    with every bound pod's resources taken, the jobs, and what was left out."""
+
+    nodes: tuple[NodeInfo, ...]
+    base: Snapshot
+    bound: tuple[BoundPod, ...] = ()
+    jobs: tuple[Job, ...] = ()
+    invalid: tuple[Invalid, ...] = ()
+
+    def __post_init__(self) -> None:
+        if [n.name for n in self.nodes] != self.base.state.names:
+            raise ValueError("nodes must be in the state's row order (sorted by name)")
+
+
+@dataclass(frozen=True)
+class PodPlacement:
+    """One member's node and the GPU indices it gets there."""
+
+    name: str
+    uid: str
+    node: str
+    gpus: tuple[int, ...]
+    request: PodRequest
+
+
+@dataclass(frozen=True)
+class Admit:
+    job: Job
+    pods: tuple[PodPlacement, ...]
+    domain: str | None = None
+
+    def message(self) -> str:
+        where = f" in {self.job.topology_level} {self.domain}" if self.domain else ""
+        return f"admitted {len(self.pods)} pods{where}: " + ", ".join(
+            f"{p.name} -> {p.node}" for p in sorted(self.pods, key=lambda p: p.name)
+        )
+
+
+@dataclass(frozen=True)
+class Wait:
+    job: Job
+    reason: str
+    code: str = NO_ROOM
+
+
+@dataclass(frozen=True)
+class Evict:
+    """Evict ``pod`` (a whole victim gang is a run of these) so that ``for_gang`` fits."""
+
+    namespace: str
+    pod: str
+    uid: str
+    reason: str
+    for_gang: tuple[str, str]
+    victim_gang: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one cycle decided. ``reserved`` are unmanaged pending pods the plan kept room
+    for (kube-scheduler places them); ``timings_s`` each action's duration."""
+
+    cycle_id: str
+    number: int
+    admit: tuple[Admit, ...] = ()
+    wait: tuple[Wait, ...] = ()
+    evict: tuple[Evict, ...] = ()
+    invalid: tuple[Invalid, ...] = ()
+    reserved: tuple[Admit, ...] = ()
+    timings_s: Mapping[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, object]:
+        """The ``stowage plan --json`` object."""
+        return {
+            "cycle_id": self.cycle_id,
+            "admit": [
+                {
+                    "namespace": a.job.namespace,
+                    "gang": a.job.name,
+                    "pods": [
+                        {"name": p.name, "node": p.node, "gpus": list(p.gpus)}
+                        for p in sorted(a.pods, key=lambda p: p.name)
+                    ],
+                }
+                for a in self.admit
+            ],
+            "wait": [
+                {"namespace": w.job.namespace, "gang": w.job.name, "reason": w.reason}
+                for w in self.wait
+            ],
+            "evict": [
+                {
+                    "namespace": e.namespace,
+                    "pod": e.pod,
+                    "reason": e.reason,
+                    "for_gang": f"{e.for_gang[0]}/{e.for_gang[1]}",
+                }
+                for e in self.evict
+            ],
+            "invalid": [
+                {"kind": i.kind, "namespace": i.namespace, "name": i.name, "reason": i.reason}
+                for i in self.invalid
+            ],
+        }
