@@ -21,7 +21,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from shared.labels import label_value_errors
+from optimizer.planner.actions import ACTIONS
+from optimizer.planner.policies import policy_or_raise
+from optimizer.planner.snapshot import TopologyLevel
+from shared.labels import label_key_errors, label_value_errors
 
 DEFAULT_DATABASE_URL = "sqlite:///stowage.db"
 
@@ -122,6 +125,37 @@ class OptimizerSettings(BaseSettings):
         description="Leader lease: another replica takes over this long after the "
         "leader's last renewal.",
     )
+    planner_policy: str = Field(
+        default="stowage",
+        description="The score plugin that places each pod (stowage, fgd, bestfit, "
+        "kube-default, …; `stowage simulate fill --help` lists them).",
+    )
+    planner_actions: list[str] = Field(
+        default=["allocate", "preempt"],
+        description="The cycle's actions, in order.",
+    )
+    topology_levels: list[str] = Field(
+        default=[
+            "zone=topology.kubernetes.io/zone",
+            "block=topology.stowage.io/block",
+            "rack=topology.stowage.io/rack",
+            "nvlink-clique=stowage.io/gpu.clique",
+            "hostname=kubernetes.io/hostname",
+        ],
+        description="Topology levels, outermost first, as NAME=NODE-LABEL-KEY; a gang names "
+        "a level in stowage.io/topology-required or -preferred. GPU Feature Discovery's "
+        "nvidia.com/gpu.clique works as a level too.",
+    )
+    bind_deadline_s: Annotated[float, Field(gt=0, le=86400)] = Field(
+        default=300.0,
+        description="A released, pinned pod kube-scheduler has not bound after this long "
+        "rolls its gang back.",
+    )
+    gang_retention_s: Annotated[float, Field(gt=0)] = Field(
+        default=86400.0,
+        description="Keep closed admission intents and the status of gangs gone from the "
+        "cluster this long.",
+    )
     request_shapes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
         default=[8, 4, 2],
         description="GPUs per pod of the request shapes used to count fragmented GPUs.",
@@ -156,6 +190,38 @@ class OptimizerSettings(BaseSettings):
             except re.error as error:
                 raise ValueError(f"pool {name!r}: bad regular expression: {error}") from None
         return value
+
+    @field_validator("planner_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        policy_or_raise(value)
+        return value
+
+    @field_validator("planner_actions")
+    @classmethod
+    def _known_actions(cls, value: list[str]) -> list[str]:
+        for name in value:
+            ACTIONS.get_or_raise(name)
+        return value
+
+    @field_validator("topology_levels")
+    @classmethod
+    def _levels_valid(cls, value: list[str]) -> list[str]:
+        names: set[str] = set()
+        for entry in value:
+            name, eq, key = entry.partition("=")
+            if not eq or not name or not key:
+                raise ValueError(f"{entry!r}: write NAME=NODE-LABEL-KEY")
+            if errors := label_key_errors(key):
+                raise ValueError(f"{entry!r}: label key {key!r}: {'; '.join(errors)}")
+            if name in names:
+                raise ValueError(f"topology level {name!r} is named twice")
+            names.add(name)
+        return value
+
+    def levels(self) -> list[TopologyLevel]:
+        """The topology levels, outermost first."""
+        return [TopologyLevel(*entry.split("=", 1)) for entry in self.topology_levels]
 
     def pool_of(self, node_name: str) -> str | None:
         """The first pool whose expression matches ``node_name`` entirely, or None."""

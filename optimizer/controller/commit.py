@@ -138,12 +138,16 @@ class Committer:
     # -- invalid objects -------------------------------------------------------------------
 
     def _invalid(self, invalid: Invalid, observed: Observed) -> Outcome | None:
+        """Explain a left-out object once per reason: an ``InvalidGang`` event and an outcome
+        for a pod Stowage was to place, an ``InvalidPod`` event for another pod (its
+        request is not counted), a log line for the rest."""
+        outcome = (
+            Outcome(invalid.namespace, invalid.name, INVALID, invalid.reason)
+            if invalid.managed
+            else None
+        )
         if (invalid.uid or invalid.name, invalid.reason) in self._told:
-            return (
-                Outcome(invalid.namespace, invalid.name, INVALID, invalid.reason)
-                if invalid.kind == "Pod"
-                else None
-            )
+            return outcome
         self._told.add((invalid.uid or invalid.name, invalid.reason))
         log.warning(
             "object left out of the cycle",
@@ -152,17 +156,24 @@ class Committer:
             namespace=invalid.namespace,
             reason=invalid.reason,
         )
-        if invalid.kind != "Pod":
-            return None
-        involved = {
-            "metadata": {
-                "name": invalid.name,
-                "namespace": invalid.namespace,
-                "uid": invalid.uid or None,
+        if invalid.kind == "Pod":
+            involved = {
+                "metadata": {
+                    "name": invalid.name,
+                    "namespace": invalid.namespace,
+                    "uid": invalid.uid or None,
+                }
             }
-        }
-        self._event(involved, "InvalidGang", invalid.reason, kind="Warning")
-        return Outcome(invalid.namespace, invalid.name, INVALID, invalid.reason)
+            reason = "InvalidGang" if invalid.managed else "InvalidPod"
+            message = (
+                invalid.reason
+                if invalid.managed
+                else (
+                    f"Stowage cannot read this pod, so its request is not counted: {invalid.reason}"
+                )
+            )
+            self._event(involved, reason, message, kind="Warning")
+        return outcome
 
     # -- admissions -----------------------------------------------------------------------
 

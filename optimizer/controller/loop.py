@@ -22,8 +22,9 @@ from optimizer.controller.cache import ClusterView
 from optimizer.controller.kube import KubeApi
 from optimizer.controller.leader import LeaderElector
 from optimizer.controller.node_labels import NodeLabeller
+from optimizer.planner.cycle import CycleConfig
 from optimizer.settings import OptimizerSettings
-from optimizer.store.queries import latest_topologies
+from optimizer.store.queries import latest_topologies, stale_nodes
 from shared.report import NodeReport
 
 log = structlog.get_logger(__name__)
@@ -71,13 +72,31 @@ class Controller:
             api, audit, pool_of=settings.pool_of, dry_run=dry_run, view=view
         )
         self.admitter = GangAdmitter(
-            api, engine, audit, reports=self.reports, dry_run=dry_run, clock=clock, view=view
+            api,
+            engine,
+            audit,
+            reports=self.reports,
+            stale=self.stale,
+            dry_run=dry_run,
+            config=CycleConfig(
+                policy=settings.planner_policy, actions=tuple(settings.planner_actions)
+            ),
+            levels=settings.levels(),
+            clock=clock,
+            view=view,
+            bind_deadline=timedelta(seconds=settings.bind_deadline_s),
+            retention=timedelta(seconds=settings.gang_retention_s),
         )
 
     def reports(self) -> Mapping[str, NodeReport]:
         """The latest topology of every node whose agent is not stale."""
         with Session(self._engine) as session:
             return latest_topologies(session, seen_since=self._clock() - self._stale_after)
+
+    def stale(self) -> set[str]:
+        """Nodes whose agent reported once but has gone quiet: no new gang goes there."""
+        with Session(self._engine) as session:
+            return stale_nodes(session, seen_before=self._clock() - self._stale_after)
 
     def step(self) -> bool:
         """One cycle; returns whether this replica led it."""

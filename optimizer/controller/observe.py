@@ -328,7 +328,10 @@ def observe(
             elif managed and declared_gang(pod):
                 gang_key = (info.namespace, str(declared_gang(pod)))
         except SpecError as error:
-            invalid.append(Invalid("Pod", namespace or "default", name, str(error), uid))
+            managed_pod = (namespace or "default") in enabled and _declares(pod)
+            invalid.append(
+                Invalid("Pod", namespace or "default", name, str(error), uid, managed_pod)
+            )
             continue
         by_uid[info.uid] = pod
         parsed.append((pod, info, gang_key))
@@ -446,3 +449,11 @@ def _gang_of(
         raise
     except _READ_ERRORS as error:
         raise SpecError(f"unreadable gang declaration: {error}") from None
+
+
+def _declares(pod: Any) -> bool:
+    """Whether a (possibly malformed) pod declares a gang or carries Stowage's gate."""
+    try:
+        return bool(declared_gang(pod) or is_gated(pod))
+    except _READ_ERRORS:
+        return False

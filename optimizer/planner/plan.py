@@ -69,6 +69,8 @@ class Invalid:
     name: str
     reason: str
     uid: str = ""
+    #: A pod Stowage was to place (a gang member in an opted-in namespace).
+    managed: bool = False
 
 
 @dataclass(frozen=True)

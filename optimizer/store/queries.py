@@ -363,3 +363,8 @@ def latest_topologies(session: Session, *, seen_since: datetime) -> dict[str, No
         )
         for node, topology in rows
     }
+
+
+def stale_nodes(session: Session, *, seen_before: datetime) -> set[str]:
+    """Nodes whose agent reported once, but not since ``seen_before``."""
+    return set(session.scalars(select(Node.name).where(Node.last_seen < seen_before)))
