@@ -161,6 +161,10 @@ def gang_spec(
 _OWN_COLUMNS: Final = frozenset({"cpu", "memory", GPU_RESOURCE})
 #: The kubelet's default ``--max-pods``, for a node object that does not say (test fixtures).
 DEFAULT_MAX_PODS: Final = 110
+#: Largest amount of any resource, in the planner's units (int64 with room to add).
+MAX_AMOUNT: Final = 2**62
+#: GPUs one node may offer (the contract's bound on GPUs in a report).
+MAX_NODE_GPUS: Final = 256
 
 
 def _amounts(resources: Mapping[str, Any] | None) -> dict[str, Decimal]:
@@ -196,6 +200,12 @@ def _ceil(value: Decimal) -> int:
     return int(value.to_integral_value(rounding="ROUND_CEILING"))
 
 
+def _bounded(name: str, value: int, *, high: int = MAX_AMOUNT) -> int:
+    if not 0 <= value <= high:
+        raise SpecError(f"{name}: {value} is outside 0..{high}")
+    return value
+
+
 def pod_request(pod: Mapping[str, Any]) -> PodRequest:
     """What the pod holds on a node: CPU (milli), memory (MiB), GPUs, and every other
     resource as an ``extra`` (``pods``: 1 for every pod). Rounded up, so the planner never
@@ -203,14 +213,14 @@ def pod_request(pod: Mapping[str, Any]) -> PodRequest:
     spec = pod.get("spec") or {}
     try:
         need = _effective_requests(spec)
-        cpu = _ceil(need.get("cpu", Decimal(0)) * 1000)
-        memory = _ceil(need.get("memory", Decimal(0)) / (1024 * 1024))
-        gpus = _ceil(need.get(GPU_RESOURCE, Decimal(0)))
+        cpu = _bounded("cpu", _ceil(need.get("cpu", Decimal(0)) * 1000))
+        memory = _bounded("memory", _ceil(need.get("memory", Decimal(0)) / (1024 * 1024)))
+        gpus = _bounded(GPU_RESOURCE, _ceil(need.get(GPU_RESOURCE, Decimal(0))), high=MAX_NODE_GPUS)
         extra = tuple(
             sorted(
-                (name, _ceil(amount))
+                (name, _bounded(name, _ceil(amount)))
                 for name, amount in need.items()
-                if name not in _OWN_COLUMNS and amount > 0
+                if name not in _OWN_COLUMNS and amount != 0
             )
         )
     except (ValueError, ArithmeticError, TypeError, AttributeError) as error:
@@ -232,12 +242,17 @@ def pod_request(pod: Mapping[str, Any]) -> PodRequest:
 
 
 def node_allocatable(node: Mapping[str, Any]) -> tuple[int, int, int, dict[str, int]]:
-    """(milli-CPU, MiB, GPUs, every other resource) the node offers to pods, rounded down."""
+    """(milli-CPU, MiB, GPUs, every other resource) the node offers to pods, rounded down;
+    :class:`SpecError` for a negative or absurd amount."""
     allocatable = _amounts((node.get("status") or {}).get("allocatable"))
-    cpu = int(allocatable.get("cpu", Decimal(0)) * 1000)
-    memory = int(allocatable.get("memory", Decimal(0)) / (1024 * 1024))
-    gpus = int(allocatable.get(GPU_RESOURCE, Decimal(0)))
-    extra = {name: int(v) for name, v in allocatable.items() if name not in _OWN_COLUMNS}
+    cpu = _bounded("cpu", int(allocatable.get("cpu", Decimal(0)) * 1000))
+    memory = _bounded("memory", int(allocatable.get("memory", Decimal(0)) / (1024 * 1024)))
+    gpus = _bounded(
+        GPU_RESOURCE, int(allocatable.get(GPU_RESOURCE, Decimal(0))), high=MAX_NODE_GPUS
+    )
+    extra = {
+        name: _bounded(name, int(v)) for name, v in allocatable.items() if name not in _OWN_COLUMNS
+    }
     extra.setdefault("pods", DEFAULT_MAX_PODS)
     return cpu, memory, gpus, extra
 

@@ -234,6 +234,8 @@ def resource_shortfalls(state: ClusterState, pod: PodRequest) -> Counter[str]:
 def summarise(total: int, reasons: Mapping[str, int]) -> str:
     """kube-scheduler's sentence: ``0/8 nodes are available: 2 Insufficient cpu, 6 node(s)
     were unschedulable.`` (reasons sorted by text, as kube-scheduler sorts them)."""
+    if total == 0:
+        return "0/0 nodes are available: the cluster has no node Stowage can read."
     parts = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
     available = total - sum(reasons.values())
     return f"{max(available, 0)}/{total} nodes are available: {parts}."
