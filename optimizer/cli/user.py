@@ -126,6 +126,46 @@ def simulate_fill(
 
 
 @app.command()
+def plan(
+    snapshot: Annotated[
+        Path,
+        typer.Option(
+            help="kubectl get namespaces,nodes,pods,podgroups -A -o yaml (YAML or JSON; '-' "
+            "reads stdin)."
+        ),
+    ],
+    reports: Annotated[
+        Path | None, typer.Option(help="A folder of agents' NodeReports (*.json).")
+    ] = None,
+    policy: Annotated[str, typer.Option(help="Placement policy.")] = DEFAULT_POLICY,
+    enable: Annotated[
+        list[str] | None,
+        typer.Option(help="Treat this namespace as opted in (repeatable)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as one object.")] = False,
+) -> None:
+    """What one scheduling cycle would do on a cluster dump: admissions with nodes and GPU
+    indices, waits with reasons, preemptions and their victims, objects left out."""
+    from optimizer.cli.plan import DumpError, plan_dump, read_dump, read_reports, render
+
+    text = sys.stdin.read() if str(snapshot) == "-" else _read_or_exit(snapshot)
+    try:
+        objects = read_dump(text)
+        found, skipped = read_reports(reports) if reports else ({}, [])
+        for line in skipped:
+            typer.echo(line, err=True)
+        result = plan_dump(objects, reports=found, policy=policy, enable=enable or ())
+    except (DumpError, ValueError) as error:
+        typer.echo(f"stowage plan: {error}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), indent=2))
+        return
+    for line in render(result):
+        typer.echo(line)
+
+
+@app.command()
 def demo() -> None:
     """Run the end-to-end demo on a simulated cluster (no GPU or Kubernetes needed)."""
     _print_demo(run_demo(), Console(width=None if sys.stdout.isatty() else 140))

@@ -152,9 +152,7 @@ def _whole_cluster(
             placements=(),
             domain=None,
             code=CLUSTER_TOO_SMALL,
-            reason=(
-                f"needs {_shape(gang)}; the cluster has {_free_whole_gpus(state, rows)} free GPUs"
-            ),
+            reason=f"needs {_shape(gang)}; {_room(state, gang)}",
         )
     return GangDecision(placements=filled[0], domain=None)
 
@@ -222,6 +220,16 @@ def _most_pods(state: ClusterState, rows: IntArray, pod: PodRequest, usable: Boo
 
 def _free_whole_gpus(state: ClusterState, rows: IntArray) -> int:
     return int((state.gpu_free[rows] == FULL).sum())
+
+
+def _room(state: ClusterState, gang: GangRequest) -> str:
+    """``the cluster has N free GPUs``, or, when the gang's pods may use only some nodes,
+    ``the M nodes it may use have N free GPUs``."""
+    mask = state.masks.get(gang.pod.mask_key) if gang.pod.mask_key else None
+    if mask is None:
+        return f"the cluster has {_free_whole_gpus(state, np.arange(len(state.names)))} free GPUs"
+    rows = np.flatnonzero(mask)
+    return f"the {len(rows)} nodes it may use have {_free_whole_gpus(state, rows)} free GPUs"
 
 
 def _shape(gang: GangRequest) -> str:
