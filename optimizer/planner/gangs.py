@@ -1,11 +1,15 @@
-"""All-or-nothing placement of a gang of identical pods, optionally within one topology domain.
+"""All-or-nothing placement of a gang, optionally within one topology domain.
 
 A gang of ``size`` pods is placed whole or not at all; an elastic gang (``max_size``) takes as
 many more pods, up to ``max_size``, as fit where its minimum went. With a topology constraint
-at a level (``rack``, ``zone``, an NVLink clique, …), every domain of that level is tried (a
-node without the level's label is in none): the gang's pods are placed one by one with the
-per-pod policy on a copy of the domain, and among the domains that take the whole gang the one
-that takes the most members, then whose use grows waste least (by the policy's measure: the
+at a level (``rack``, ``zone``, an NVLink clique, …; a node without the level's label is in no
+domain), the domains that could hold the gang are ranked by how many members they could host
+at most, tightest first (Kueue's Topology Aware Scheduling picks its BestFit domain by the same
+kind of measure, keeping roomy domains for large gangs), and the first
+domains are tried in that order until :data:`MAX_DOMAIN_TRIALS` of them take the gang: the
+gang's pods are placed one by one with the per-pod policy on a copy of the domain, and among
+the domains that take the whole gang the one that
+takes the most members, then whose use grows waste least (by the policy's measure: the
 capacity left once nodes are full for ``stowage``, FGD's F otherwise; without a workload,
 the fewest free GPUs) wins, ties to the smallest domain name. A
 ``required`` constraint that no domain meets leaves the gang waiting, with the reason; a
@@ -27,6 +31,8 @@ from optimizer.planner.policies import Placement, PlanContext, Policy
 NO_DOMAIN: Final = ""
 NO_DOMAIN_FITS: Final = "no-domain-fits"
 CLUSTER_TOO_SMALL: Final = "cluster-too-small"
+#: Domains that must take a gang in a trial before the best of them is chosen.
+MAX_DOMAIN_TRIALS: Final = 8
 
 
 @dataclass(frozen=True)
@@ -102,16 +108,24 @@ def place_gang(
         known = ", ".join(domains) or "none"
         raise ValueError(f"unknown topology level {gang.topology_level!r}; known: {known}")
     labels = np.asarray(domains[gang.topology_level])
-    names = sorted(set(labels.tolist()) - {NO_DOMAIN})
-    usable = {pod: state.feasible(pod) for pod in set(gang.minimum())}
+    unique, ids = np.unique(labels, return_inverse=True)  # sorted names
+    names = [str(n) for n in unique if n != NO_DOMAIN]
+    capacity = _domain_capacity(state, gang, ids, len(unique))
+    candidates = sorted(
+        (int(capacity[i]), str(name))
+        for i, name in enumerate(unique)
+        if name != NO_DOMAIN and capacity[i] >= 0
+    )
     best: tuple[int, float, str, tuple[Placement, ...]] | None = None
-    for domain in names:
+    taken = 0
+    for _, domain in candidates:
+        if taken == MAX_DOMAIN_TRIALS:
+            break
         rows = np.flatnonzero(labels == domain)
-        if not _may_hold(state, rows, gang, usable):
-            continue  # cannot take the gang whatever the policy does: skip the trial fill
         filled = _fill(state, rows, gang, policy=policy, ctx=ctx)
         if filled is None:
             continue
+        taken += 1
         placed, after = filled
         key = (-len(placed), _cost(state.subset(rows), after, ctx), domain, placed)
         if best is None or key[:3] < best[:3]:
@@ -127,7 +141,8 @@ def place_gang(
             code=NO_DOMAIN_FITS,
             reason=f"no node is labelled with a {gang.topology_level}",
         )
-    free = {d: _free_whole_gpus(state, np.flatnonzero(labels == d)) for d in names}
+    whole = np.bincount(ids, weights=(state.gpu_free == FULL).sum(axis=1), minlength=len(unique))
+    free = {str(n): int(whole[i]) for i, n in enumerate(unique) if n != NO_DOMAIN}
     roomiest = max(names, key=lambda d: free[d])  # names are sorted: ties to the first
     largest = (free[roomiest], roomiest)
     return GangDecision(
@@ -186,36 +201,40 @@ def _cost(before: ClusterState, after: ClusterState, ctx: PlanContext) -> float:
     return ctx.waste_growth(before, after)
 
 
-def _may_hold(
-    state: ClusterState,
-    rows: IntArray,
-    gang: GangRequest,
-    usable: Mapping[PodRequest, BoolArray],
-) -> bool:
-    """False when the nodes ``rows`` surely cannot hold the gang's minimum: for some kind of
-    member, more are needed than :func:`_most_pods` allows. A necessary condition only, so
-    skipping such a domain changes no decision."""
+def _domain_capacity(
+    state: ClusterState, gang: GangRequest, ids: IntArray, domains: int
+) -> IntArray:
+    """For each domain (by ``ids``, the domain of each node row): how many of the gang's
+    members it could host at most, counting each node alone (:func:`_most_pods`), or -1
+    when for some kind of member it surely cannot hold as many as the gang's minimum needs.
+    A necessary condition only: a domain marked -1 would fail its trial fill anyway."""
     needed: dict[PodRequest, int] = {}
     for pod in gang.minimum():
         needed[pod] = needed.get(pod, 0) + 1
-    return all(_most_pods(state, rows, pod, usable[pod]) >= count for pod, count in needed.items())
+    total = np.zeros(domains, dtype=np.int64)
+    holds = np.ones(domains, dtype=np.bool_)
+    for pod, count in needed.items():
+        per_node = _most_pods(state, pod, state.feasible(pod))
+        per_domain = np.bincount(ids, weights=per_node, minlength=domains).astype(np.int64)
+        holds &= per_domain >= count
+        total += per_domain
+    return np.where(holds, total, -1)
 
 
-def _most_pods(state: ClusterState, rows: IntArray, pod: PodRequest, usable: BoolArray) -> int:
-    """An upper bound on how many ``pod``s the nodes ``rows`` can host together (each node
-    counted alone, by CPU, memory and GPUs, on the nodes the pod may use at all)."""
-    by_cpu = state.cpu_free[rows] // max(pod.cpu_milli, 1)
-    by_memory = state.memory_free[rows] // max(pod.memory_mib, 1)
+def _most_pods(state: ClusterState, pod: PodRequest, usable: BoolArray) -> IntArray:
+    """An upper bound, per node, on how many ``pod``s it can host (by CPU, memory and GPUs;
+    0 on the nodes the pod may not use at all)."""
+    by_cpu = state.cpu_free // max(pod.cpu_milli, 1)
+    by_memory = state.memory_free // max(pod.memory_mib, 1)
     most = np.minimum(by_cpu, by_memory)
     if pod.num_gpu:
-        free = state.gpu_free[rows]
+        free = state.gpu_free
         if pod.is_share:
             by_gpu = (free // pod.gpu_milli).sum(axis=1)
         else:
             by_gpu = (free == FULL).sum(axis=1) // pod.num_gpu
         most = np.minimum(most, by_gpu)
-    most = np.where(usable[rows], most, 0)
-    return int(most.sum())
+    return np.asarray(np.where(usable, most, 0), dtype=np.int64)
 
 
 def _free_whole_gpus(state: ClusterState, rows: IntArray) -> int:

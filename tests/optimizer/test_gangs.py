@@ -165,3 +165,29 @@ def test_never_partial_never_outside_the_required_domain_never_over_allocated(
     for placement in decision.placements:
         state.allocate(placement.node, placement.gpus, pod)  # raises if over-allocated
     assert (state.gpu_free >= 0).all()
+
+
+def test_only_the_tightest_domains_that_take_the_gang_are_tried_in_full() -> None:
+    """Twelve racks: r0 has room for exactly the gang, r1-r11 have room to spare. Only the
+    tightest MAX_DOMAIN_TRIALS that take it are filled, and r0, the tightest, wins even for
+    a policy whose own measure would not prefer it (bestfit has no workload measure: the
+    fewest free GPUs after the fill decides among the trials)."""
+    from optimizer.planner.gangs import MAX_DOMAIN_TRIALS
+
+    state, domains = _cluster(racks=12, nodes_per_rack=4)
+    for node in ("r0-n0", "r0-n1"):
+        _occupy(state, node, 8)
+    gang = GangRequest("train", EIGHT_GPUS, size=2, topology_level="rack")
+    tried: list[str] = []
+    bestfit = policy_or_raise("bestfit")
+
+    def spy(state_: ClusterState, pod: PodRequest, ctx: PlanContext) -> object:
+        tried.append(state_.names[0].split("-")[0])
+        return bestfit(state_, pod, ctx)
+
+    decision = place_gang(
+        state, gang, policy=spy, ctx=PlanContext(rng=np.random.default_rng(0)), domains=domains
+    )  # type: ignore[arg-type]
+    assert decision.domain == "r0"
+    assert len(set(tried)) == MAX_DOMAIN_TRIALS
+    assert set(tried) == {"r0", "r1", "r10", "r11", "r2", "r3", "r4", "r5"}  # ties by name
