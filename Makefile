@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict agent optimizer shared
+	$(BIN)/mypy --strict agent optimizer shared demo
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
@@ -27,13 +28,14 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 demo: $(STAMP)
-	$(BIN)/stowage demo
+	$(BIN)/stowage-demo
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.contract
 	$(BIN)/python -m bench.agent
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.gang
+	$(BIN)/python -m bench.cycle
 	$(BIN)/python -m bench.fill --write
 	$(BIN)/python -m bench.fill_waste
 

@@ -13,13 +13,13 @@ from pydantic import ValidationError
 
 from agent.collector import Collector
 from agent.fake.machine import FakeMachine
-from agent.logs import configure_logging
 from agent.nvml import Nvml, NvmlUnavailableError
 from agent.profile import ProfileError, dump_profile, load_profile, shipped_profile_names
 from agent.runner import AgentRunner
 from agent.settings import AgentSettings
 from agent.topo_import import TopoParseError, profile_from_topo
 from agent.topology_table import render_table
+from shared.logs import configure_logging
 from shared.version import __version__
 
 app = typer.Typer(

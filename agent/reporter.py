@@ -30,8 +30,9 @@ log = structlog.get_logger(__name__)
 REPORTS_PATH: Final = "/v1/reports"
 #: Statuses after which the same report may succeed later.
 _RETRYABLE: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
-#: The optimizer already has this report (idempotent resend).
-_ALREADY_STORED: Final = frozenset({409})
+#: The optimizer's answers for a delivered report: 202 stored now, 200 a resend of a
+#: report it had already stored (POST /v1/reports is idempotent by node and sequence).
+_STORED: Final = frozenset({200, 202})
 #: The optimizer lacks the topology these samples refer to (it lost its state): resend it.
 _RESEND_TOPOLOGY: Final = 412
 
@@ -145,7 +146,7 @@ class Reporter:
             self._count_failure()
             log.warning("report_send_failed", node=report.node_name, error=str(error))
             return "retry"
-        if response.is_success or response.status_code in _ALREADY_STORED:
+        if response.status_code in _STORED:
             return "accepted"
         if response.status_code == _RESEND_TOPOLOGY and not report.is_topology_report:
             log.warning("optimizer_lacks_topology", node=report.node_name)

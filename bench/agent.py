@@ -29,7 +29,7 @@ from agent.fake.machine import FakeMachine
 from agent.nvml import Nvml
 from agent.pods import PodAttributor
 from agent.profile import load_profile
-from tests.conftest import free_port
+from bench.loopback import free_port
 
 CYCLES = 300
 

@@ -13,9 +13,8 @@ import statistics
 import timeit
 from collections.abc import Callable
 
-from shared.samples import DGX_H100, build_report
+from shared.samples import DGX_H100, build_report, full_report
 from shared.schema import parse_report
-from tests.shared.factories import full_report
 
 REPEAT = 7
 

@@ -33,8 +33,8 @@ import psutil
 import yaml
 from sqlalchemy import create_engine, text
 
+from bench.loopback import free_port
 from shared.samples import DGX_H100, build_report
-from tests.conftest import free_port
 
 NODES = 2000
 RATES = (200, 250, 300, 400, 600, 800)

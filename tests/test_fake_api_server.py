@@ -6,7 +6,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes import watch
 
-from tests.fakes.kube import serve
+from kubefake import serve
 
 MERGE = "application/merge-patch+json"
 

@@ -10,7 +10,6 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
-from agent.logs import configure_logging
 from optimizer.api.app import create_app, run_prune
 from optimizer.auth import (
     Authenticator,
@@ -22,6 +21,7 @@ from optimizer.auth import (
 from optimizer.settings import OptimizerSettings
 from optimizer.store import migrate
 from optimizer.store.engine import make_engine
+from shared.logs import configure_logging
 from shared.version import __version__
 
 app = typer.Typer(

@@ -7,6 +7,14 @@ resourceVersion, so when two replicas race only one write succeeds (the other ge
 stays a follower). A leader that has not renewed within ``renew_deadline`` (shorter than the
 lease) stops acting as leader, before anyone else may take over. The clock is injected, so
 tests move time.
+
+Why not the official client's ``kubernetes.leaderelection``: it owns the loop (``run()``
+sleeps with ``time.sleep`` and calls back on a thread of its own), reads the wall clock, and
+its LeaseLock builds client model objects through its own API calls. Stowage needs one
+election step per controller cycle, an injected clock for tests without sleeping, and every
+API call behind :class:`KubeApi` so each permission is declared and checked against the
+chart. The protocol is the same: a Lease with holderIdentity, leaseDurationSeconds,
+acquireTime, renewTime and leaseTransitions, written with optimistic concurrency.
 """
 
 from __future__ import annotations

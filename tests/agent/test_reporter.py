@@ -120,6 +120,16 @@ def test_rejected_report_is_dropped_not_retried(tmp_path: Path, optimizer: FakeO
     assert [r["sequence"] for r in optimizer.received] == [2]
 
 
+def test_a_resend_the_optimizer_already_stored_counts_as_delivered(
+    tmp_path: Path, optimizer: FakeOptimizer
+) -> None:
+    collector, reporter, clock, _ = _setup(tmp_path, optimizer)
+    optimizer.status = 200  # what POST /v1/reports answers for a report it already has
+    _cycle(collector, reporter, clock)
+    assert len(reporter.buffer) == 0
+    assert reporter.failures == 0
+
+
 def test_retry_after_and_backoff_are_respected(tmp_path: Path, optimizer: FakeOptimizer) -> None:
     collector, reporter, clock, _ = _setup(tmp_path, optimizer)
     optimizer.status, optimizer.retry_after = 503, "45"

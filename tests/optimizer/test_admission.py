@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from kubefake import FakeApiServer, serve
 from optimizer.controller.admission import (
     ADMITTED,
     WAITING,
@@ -28,7 +29,6 @@ from optimizer.controller.pods import is_gated, pinned_node
 from optimizer.store.models import GangIntent, GangStatus
 from optimizer.store.queries import audit_entries
 from shared.labels import SCHEDULING_GATE
-from tests.fakes.kube import FakeApiServer, serve
 from tests.optimizer.conftest import WallClock
 
 RACK = "topology.stowage.io/rack"

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from kubefake import FakeApiServer, serve
 from optimizer.controller.admission import ADMITTED, WAITING, GangAdmitter
 from optimizer.controller.audit import StoreAudit
 from optimizer.controller.commit import RUNNING, SUCCEEDED, TIMED_OUT
@@ -22,7 +23,6 @@ from optimizer.settings import OptimizerSettings
 from optimizer.store.models import GangIntent, GangStatus
 from optimizer.store.queries import audit_entries
 from shared.labels import SCHEDULING_GATE
-from tests.fakes.kube import FakeApiServer, serve
 from tests.optimizer.conftest import WallClock
 
 NS = "ml"

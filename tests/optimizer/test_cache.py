@@ -10,11 +10,11 @@ import pytest
 from kubernetes import client as k8s
 from sqlalchemy import Engine
 
+from kubefake import FakeApiServer, serve
 from optimizer.controller.admission import ADMITTED, GangAdmitter
 from optimizer.controller.audit import StoreAudit
 from optimizer.controller.cache import ClusterCache, Informer
 from optimizer.controller.kube import KubeApi
-from tests.fakes.kube import FakeApiServer, serve
 from tests.optimizer.conftest import WallClock
 from tests.optimizer.test_admission import NAMESPACE, _node, _pod
 

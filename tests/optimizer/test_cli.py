@@ -60,13 +60,6 @@ def test_check_reports_an_unreadable_file(tmp_path: Path) -> None:
     assert "cannot read" in result.stderr
 
 
-def test_demo_prints_a_summary() -> None:
-    result = runner.invoke(app, ["demo"])
-    assert result.exit_code == 0, result.output
-    for text in ("gpu-h100-a", "gpu-v100-a", "links.0.gpu_b: GPU index 99", "demo finished"):
-        assert text in result.stdout
-
-
 @pytest.mark.parametrize("script", ["stowage", "stowage-agent", "stowage-optimizer"])
 def test_console_scripts_are_installed(script: str) -> None:
     path = Path(sys.executable).parent / script

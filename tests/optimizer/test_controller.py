@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from kubefake import FakeApiServer, serve
 from optimizer.controller.kube import KubeApi
 from optimizer.controller.loop import Controller
 from optimizer.settings import OptimizerSettings
@@ -16,7 +17,6 @@ from optimizer.store.queries import audit_entries
 from optimizer.store.reports import ingest_report
 from shared.labels import NODE_GPU_COUNT
 from shared.samples import DGX_H100, build_report
-from tests.fakes.kube import FakeApiServer, serve
 from tests.optimizer.conftest import WallClock
 
 

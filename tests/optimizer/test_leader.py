@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
+from kubefake import FakeApiServer, serve
 from optimizer.controller.kube import ConflictError, KubeApi
 from optimizer.controller.leader import LeaderElector
-from tests.fakes.kube import FakeApiServer, serve
 from tests.optimizer.conftest import WallClock
 
 

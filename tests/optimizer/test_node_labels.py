@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from kubefake import FakeApiServer, serve
 from optimizer.controller.audit import StoreAudit
 from optimizer.controller.kube import KubeApi
 from optimizer.controller.node_labels import NodeLabeller, desired_labels, label_changes
@@ -23,7 +24,6 @@ from shared.labels import (
 )
 from shared.report import GpuHealth, NodeReport
 from shared.samples import DGX_H100, L40S_PCIE, build_report
-from tests.fakes.kube import FakeApiServer, serve
 
 FOREIGN = {"kubernetes.io/hostname": "n", "nvidia.com/gpu.product": "H100", "team": "a"}
 

@@ -1,4 +1,4 @@
-"""``stowage demo``: the whole story on a simulated cluster, end to end.
+"""``stowage-demo``: the whole story on a simulated cluster, end to end.
 
 1. Each simulated node is a real server design (a shipped device profile) run by the real
    agent code over a fake NVML, a fake host filesystem and a fake kubelet: the agent

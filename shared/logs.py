@@ -1,4 +1,4 @@
-"""Structured logs for the agent: key=value (or JSON) lines on stderr, never on stdout.
+"""Structured logs for every Stowage process: key=value (or JSON) lines on stderr, never on stdout.
 
 stdout belongs to command output (``discover --format json`` pipes into other tools).
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optimizer.demo import SIMULATED_CLUSTER, agent_report, run_demo, summarize
+from demo.story import SIMULATED_CLUSTER, agent_report, run_demo, summarize
 from shared.report import GpuHealth
 
 
@@ -38,3 +38,14 @@ def test_free_gpus_follow_time_and_health() -> None:
     assert late.unhealthy == {6: GpuHealth.LOST}
     assert 6 in early.free_gpus
     assert 6 not in late.free_gpus
+
+
+def test_the_demo_command_prints_a_summary() -> None:
+    from typer.testing import CliRunner
+
+    from demo.cli import app
+
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 0, result.output
+    for text in ("gpu-h100-a", "gpu-v100-a", "links.0.gpu_b: GPU index 99", "demo finished"):
+        assert text in result.stdout
