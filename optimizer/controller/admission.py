@@ -39,7 +39,7 @@ from optimizer.controller.commit import (
     Committer,
     Outcome,
 )
-from optimizer.controller.kube import KubeApi, NotFoundError, TooManyRequestsError
+from optimizer.controller.kube import KubeApi, KubeError, NotFoundError, TooManyRequestsError
 from optimizer.controller.observe import Observed, OpenIntent, observe, pod_info
 from optimizer.controller.pods import is_gated, pinned_node
 from optimizer.planner.cycle import CycleConfig, run_cycle
@@ -187,6 +187,7 @@ class GangAdmitter:
         nodes = {n.name: n for n in observed.snapshot.nodes}
         filters = _kube_filters(self._config)
         rolled = False
+        refusals: dict[str, list[dict[str, Any]]] | None = None
         for key, view in observed.gangs.items():
             status = self._statuses.get(key)
             if status is None or status.phase not in (ADMITTED,):
@@ -197,7 +198,11 @@ class GangAdmitter:
                 node = pinned_node(pod)
                 if spec.get("nodeName") or is_gated(pod) or node is None:
                     continue
-                why = self._unbindable(pod, node, nodes, filters)
+                if refusals is None:  # listed once a cycle, and only when a pin is unbound
+                    refusals = self._refusals()
+                why = self._unbindable(pod, node, nodes, filters) or _refused(
+                    pod, refusals, since=status.updated_at
+                )
                 if why is None and now - status.updated_at >= self._bind_deadline:
                     why = f"not bound to {node} within {int(self._bind_deadline.total_seconds())}s"
                 if why is not None:
@@ -227,6 +232,20 @@ class GangAdmitter:
             self.committer.forget(key, now, reason)
         return rolled
 
+    def _refusals(self) -> dict[str, list[dict[str, Any]]]:
+        """FailedScheduling events by the uid of the pod they are about."""
+        try:
+            events = self._api.failed_scheduling_events()
+        except KubeError:
+            log.exception("FailedScheduling events not read; the bind deadline still applies")
+            return {}
+        by_uid: dict[str, list[dict[str, Any]]] = {}
+        for event in events:
+            uid = (event.get("involvedObject") or {}).get("uid")
+            if uid:
+                by_uid.setdefault(str(uid), []).append(event)
+        return by_uid
+
     def _unbindable(
         self,
         pod: dict[str, Any],
@@ -244,6 +263,21 @@ class GangAdmitter:
         if not mask[0]:
             return f"is pinned to {node}, which kube-scheduler refuses: {next(iter(reasons))}"
         return None
+
+
+def _refused(
+    pod: Mapping[str, Any], refusals: Mapping[str, list[dict[str, Any]]], *, since: datetime
+) -> str | None:
+    """kube-scheduler's FailedScheduling message about ``pod`` since its admission, if any."""
+    for event in refusals.get(str(pod["metadata"].get("uid")), []):
+        stamp = event.get("lastTimestamp") or event.get("eventTime") or ""
+        try:
+            at = datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if at >= since:
+            return f"was refused by kube-scheduler: {event.get('message') or 'FailedScheduling'}"
+    return None
 
 
 def _kube_filters(config: CycleConfig) -> list[Filter]:

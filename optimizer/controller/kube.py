@@ -302,6 +302,18 @@ class KubeApi:
 
     # -- events --------------------------------------------------------------------------
 
+    @needs("", "events", "list")
+    def failed_scheduling_events(self) -> list[dict[str, Any]]:
+        """kube-scheduler's ``FailedScheduling`` events of every namespace: its word that a
+        pod did not fit where it may go."""
+        try:
+            listing = self._core.list_event_for_all_namespaces(
+                field_selector="reason=FailedScheduling"
+            )
+        except ApiException as error:
+            raise _translate(error) from error
+        return list(self._plain(listing).get("items") or [])
+
     @needs("", "events", "create")
     def create_event(
         self,

@@ -440,3 +440,42 @@ def test_the_production_controller_takes_policy_and_topology_levels_from_setting
 def test_bad_topology_levels_are_refused_at_start(entry: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         OptimizerSettings(auth="none", topology_levels=[entry])
+
+
+def test_a_failed_scheduling_event_about_a_pinned_pod_rolls_the_gang_back(
+    server: tuple[FakeApiServer, KubeApi], engine: Engine
+) -> None:
+    fake, api = server
+    for name in ("a1", "a2", "a3"):
+        fake.put("v1/nodes", _node(name))
+    for i in range(2):
+        fake.put("v1/pods", _pod(f"train-{i}"))
+    clock = WallClock()
+    admitter = _admitter(api, engine, clock)
+    admitter.cycle()
+    pod = fake.get("pods", NS, "train-1")
+    assert pod is not None
+    stamp = (clock() + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fake.put(
+        "v1/events",
+        {
+            "metadata": {"name": "train-1.1", "namespace": NS},
+            "involvedObject": {
+                "kind": "Pod",
+                "name": "train-1",
+                "namespace": NS,
+                "uid": pod["metadata"]["uid"],
+            },
+            "reason": "FailedScheduling",
+            "message": "0/3 nodes are available: 1 Insufficient example.com/fpga.",
+            "lastTimestamp": stamp,
+            "type": "Warning",
+        },
+    )
+    clock.advance(10)
+    admitter.cycle()
+    assert _gang_pods(fake) == []
+    with Session(engine) as session:
+        status = session.get(GangStatus, (NS, "train"))
+    assert status is not None
+    assert "train-1 was refused by kube-scheduler: 0/3 nodes are available" in status.message
