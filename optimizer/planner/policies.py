@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -47,10 +47,21 @@ class Placement:
 
 @dataclass
 class _Models:
-    """The workload models of a run, built on first use and shared by restricted contexts."""
+    """The workload models of a run, built on first use and shared by restricted contexts;
+    ``memo`` holds any other plugin's per-run state (see :meth:`PlanContext.memo`)."""
 
     fragmentation: FragmentationModel | None = None
     saturation: SaturationModel | None = None
+    memo: dict[str, Any] = field(default_factory=dict)
+
+
+class GpuPicker(Protocol):
+    """Chooses the GPUs a pod gets on a node the policy chose (an extension point)."""
+
+    def __call__(self, state: ClusterState, node: int, pod: PodRequest) -> tuple[int, ...]: ...
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -66,6 +77,8 @@ class PlanContext:
     rng: np.random.Generator
     shapes: Sequence[Shape] = ()
     rollout_shapes: Sequence[Shape] = ()
+    #: Picks GPUs inside the chosen node (default :func:`tightest_gpu`).
+    pick_gpus: GpuPicker = field(default_factory=lambda: tightest_gpu)
     _models: _Models = field(default_factory=_Models, repr=False)
     _frag: FloatArray | None = field(default=None, repr=False)
 
@@ -78,6 +91,13 @@ class PlanContext:
             shapes=typical_shapes(pods),
             rollout_shapes=typical_shapes(pods, every_multi_gpu=True),
         )
+
+    def memo(self, key: str, build: Callable[[], T]) -> T:
+        """Per-run state of a plugin, built on first use under ``key`` and shared with
+        restricted contexts, so a stateful plugin needs no field here."""
+        if key not in self._models.memo:
+            self._models.memo[key] = build()
+        return cast("T", self._models.memo[key])
 
     def _workload(self, shapes: Sequence[Shape] = ()) -> list[Shape]:
         if not (shapes or self.shapes):
@@ -131,6 +151,7 @@ class PlanContext:
             rng=rng,
             shapes=self.shapes,
             rollout_shapes=self.rollout_shapes,
+            pick_gpus=self.pick_gpus,
             _models=self._models,
             _frag=frag,
         )
@@ -183,7 +204,7 @@ def _with(
         if len(candidates) == 0:
             return None
         node = pick_highest(score(state, pod, candidates), candidates)
-        return Placement(node, tightest_gpu(state, node, pod))
+        return Placement(node, ctx.pick_gpus(state, node, pod))
 
     return policy
 
@@ -254,7 +275,7 @@ def random_policy(state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Pla
     if len(candidates) == 0:
         return None
     node = int(ctx.rng.choice(candidates))
-    return Placement(node, tightest_gpu(state, node, pod))
+    return Placement(node, ctx.pick_gpus(state, node, pod))
 
 
 @dataclass(frozen=True)
@@ -271,7 +292,7 @@ class FragmentationPolicy:
         best = options.best_per_node(f_after)
         delta = (node_frag[candidates] - f_after[best]) / 1000.0
         node = pick_highest(_fgd_scores(delta), candidates)
-        return options.placement(state, pod, candidates, best, node)
+        return options.placement(state, pod, candidates, best, node, ctx=ctx)
 
 
 @dataclass(frozen=True)
@@ -295,7 +316,7 @@ class SaturationPolicy:
         growth = np.round(after - before[options.node], 6)
         best = options.best_per_node(growth)
         return options.placement(
-            state, pod, candidates, best, int(candidates[np.argmin(growth[best])])
+            state, pod, candidates, best, int(candidates[np.argmin(growth[best])]), ctx=ctx
         )
 
 
@@ -326,11 +347,13 @@ class _Options:
         candidates: IntArray,
         best: IntArray,
         node: int,
+        *,
+        ctx: PlanContext,
     ) -> Placement:
-        if pod.is_share:
+        if pod.is_share:  # the policy scored each GPU: its best is the share's GPU
             row = int(np.flatnonzero(candidates == node)[0])
             return Placement(node, (int(self.slot[best[row]]),))
-        return Placement(node, tightest_gpu(state, node, pod))
+        return Placement(node, ctx.pick_gpus(state, node, pod))
 
 
 def _options(state: ClusterState, pod: PodRequest, candidates: IntArray) -> _Options:

@@ -294,3 +294,35 @@ def test_gpu_spec_lists_models(tmp_path: Path) -> None:
         "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\np1,4000,1024,1,500,V100M16|V100M32\n"
     )
     assert load_pods(path)[0].gpu_models == frozenset({"V100M16", "V100M32"})
+
+
+def test_a_stateful_plugin_keeps_its_state_in_the_context_and_gpus_come_from_the_picker() -> None:
+    """A new score plugin needs no field on PlanContext (ctx.memo), and the GPU picker is an
+    extension point of its own."""
+    from optimizer.planner.policies import Placement, PlanContext
+
+    calls: list[int] = []
+
+    def round_robin(state: ClusterState, pod: PodRequest, ctx: PlanContext) -> Placement | None:
+        turn = ctx.memo("round-robin", lambda: [0])  # per-run state, built once
+        candidates = np.flatnonzero(state.feasible(pod))
+        if len(candidates) == 0:
+            return None
+        node = int(candidates[turn[0] % len(candidates)])
+        turn[0] += 1
+        calls.append(node)
+        return Placement(node, ctx.pick_gpus(state, node, pod))
+
+    def highest(state: ClusterState, node: int, pod: PodRequest) -> tuple[int, ...]:
+        free = np.flatnonzero(state.gpu_free[node] == 1000)
+        return tuple(int(g) for g in free[-pod.num_gpu :])
+
+    state = ClusterState.from_nodes([NodeSpec(n, 64_000, 65_536, 8, "H100") for n in "abc"])
+    ctx = PlanContext(rng=np.random.default_rng(0), pick_gpus=highest)
+    restricted = ctx.restricted(np.arange(3), rng=np.random.default_rng(1))
+    pod = PodRequest("p", 1_000, 1_024, 2, 1000)
+    first = round_robin(state, pod, ctx)
+    second = round_robin(state, pod, restricted)  # shares the memo with its parent
+    assert first == Placement(0, (6, 7))
+    assert second == Placement(1, (6, 7))
+    assert calls == [0, 1]
