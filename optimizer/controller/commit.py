@@ -307,53 +307,29 @@ class Committer:
             if evict.for_gang in refused:
                 continue
             where = f"pod/{evict.namespace}/{evict.pod}"
-            victim = (
-                f"{evict.victim_gang[0]}/{evict.victim_gang[1]}" if evict.victim_gang else where
-            )
-            if self._dry_run:
-                self._audit(
-                    verb="evict-pod",
-                    obj=where,
-                    reason=evict.reason,
-                    outcome="dry-run",
-                    plan_id=cycle_id,
-                )
-                continue
-            try:
-                self._api.evict_pod(evict.namespace, evict.pod)
-            except NotFoundError:  # it finished meanwhile: the room is free all the same
-                self._audit(
-                    verb="evict-pod",
-                    obj=where,
-                    reason=evict.reason,
-                    outcome="gone",
-                    plan_id=cycle_id,
-                )
-                continue
-            except TooManyRequestsError:
-                self._audit(
-                    verb="evict-pod",
-                    obj=where,
-                    reason=f"{evict.reason}; refused by a PodDisruptionBudget",
-                    outcome="refused:429",
-                    plan_id=cycle_id,
-                )
-                refused[evict.for_gang] = (
-                    f"preempting {victim} was refused by a PodDisruptionBudget; the plan is "
-                    "redone next cycle"
-                )
-                continue
+            reason, outcome = evict.reason, "dry-run"
+            if not self._dry_run:
+                try:
+                    self._api.evict_pod(evict.namespace, evict.pod)
+                    outcome = "applied"
+                except NotFoundError:  # it finished meanwhile: the room is free all the same
+                    outcome = "gone"
+                except TooManyRequestsError:
+                    outcome = "refused:429"
+                    reason = f"{evict.reason}; refused by a PodDisruptionBudget"
+                    victim = "/".join(evict.victim_gang) if evict.victim_gang else where
+                    refused[evict.for_gang] = (
+                        f"preempting {victim} was refused by a PodDisruptionBudget; the plan "
+                        "is redone next cycle"
+                    )
             self._audit(
-                verb="evict-pod",
-                obj=where,
-                reason=evict.reason,
-                outcome="applied",
-                plan_id=cycle_id,
+                verb="evict-pod", obj=where, reason=reason, outcome=outcome, plan_id=cycle_id
             )
-            involved = {
-                "metadata": {"name": evict.pod, "namespace": evict.namespace, "uid": evict.uid}
-            }
-            self._event(involved, "Preempted", evict.reason, kind="Warning")
+            if outcome == "applied":
+                involved = {
+                    "metadata": {"name": evict.pod, "namespace": evict.namespace, "uid": evict.uid}
+                }
+                self._event(involved, "Preempted", evict.reason, kind="Warning")
         return refused
 
     # -- waiting, timeouts, lifecycle ------------------------------------------------------

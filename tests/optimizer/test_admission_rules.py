@@ -357,17 +357,25 @@ def test_gang_status_follows_the_pods_and_is_collected_after_the_retention(
         assert session.scalars(select(GangIntent)).all() == []
 
 
-def test_a_pin_kube_scheduler_refuses_rolls_the_gang_back(
-    server: tuple[FakeApiServer, KubeApi], engine: Engine
-) -> None:
-    fake, api = server
+def _admit_two_of_three(
+    fake: FakeApiServer, api: KubeApi, engine: Engine, clock: WallClock
+) -> GangAdmitter:
+    """Three free nodes; a gang of two admitted (pinned and released, not yet bound)."""
     for name in ("a1", "a2", "a3"):
         fake.put("v1/nodes", _node(name))
     for i in range(2):
         fake.put("v1/pods", _pod(f"train-{i}"))
-    clock = WallClock()
     admitter = _admitter(api, engine, clock)
     admitter.cycle()
+    return admitter
+
+
+def test_a_pin_kube_scheduler_refuses_rolls_the_gang_back(
+    server: tuple[FakeApiServer, KubeApi], engine: Engine
+) -> None:
+    fake, api = server
+    clock = WallClock()
+    admitter = _admit_two_of_three(fake, api, engine, clock)
     pinned = sorted(pinned_node(p) or "" for p in _gang_pods(fake))
     assert pinned == ["a1", "a2"]
     fake.objects["v1/nodes", None, "a1"].patch({"spec": {"unschedulable": True}})  # cordoned
@@ -446,13 +454,8 @@ def test_a_failed_scheduling_event_about_a_pinned_pod_rolls_the_gang_back(
     server: tuple[FakeApiServer, KubeApi], engine: Engine
 ) -> None:
     fake, api = server
-    for name in ("a1", "a2", "a3"):
-        fake.put("v1/nodes", _node(name))
-    for i in range(2):
-        fake.put("v1/pods", _pod(f"train-{i}"))
     clock = WallClock()
-    admitter = _admitter(api, engine, clock)
-    admitter.cycle()
+    admitter = _admit_two_of_three(fake, api, engine, clock)
     pod = fake.get("pods", NS, "train-1")
     assert pod is not None
     stamp = (clock() + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
