@@ -47,9 +47,14 @@ class LiveView:
         return self._api.list_pods()
 
 
-def _key(obj: dict[str, Any]) -> tuple[str | None, str]:
-    meta = obj["metadata"]
-    return meta.get("namespace"), meta["name"]
+def _key(obj: Any) -> tuple[str | None, str] | None:
+    """The object's (namespace, name), or None for an object without them (kept out of the
+    cache and logged: one bad object must not stop the watch)."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict) or not meta.get("name"):
+        log.warning("object without a name left out of the cache", object=str(obj)[:200])
+        return None
+    return meta.get("namespace"), str(meta["name"])
 
 
 class Informer:
@@ -72,8 +77,9 @@ class Informer:
     def relist(self) -> None:
         """Replace the cache with a fresh list."""
         items, version = self._lister()
+        keyed = {key: item for item in items if (key := _key(item)) is not None}
         with self._lock:
-            self._items = {_key(item): item for item in items}
+            self._items = keyed
             self._version = version
         self.synced.set()
 
@@ -83,12 +89,13 @@ class Informer:
         for kind, obj in self._watcher(
             resource_version=self._version or None, timeout_seconds=timeout_seconds
         ):
+            key = _key(obj)
             with self._lock:
-                if kind == "DELETED":
-                    self._items.pop(_key(obj), None)
-                elif kind in ("ADDED", "MODIFIED"):
-                    self._items[_key(obj)] = obj
-                version = obj.get("metadata", {}).get("resourceVersion")
+                if key is not None and kind == "DELETED":
+                    self._items.pop(key, None)
+                elif key is not None and kind in ("ADDED", "MODIFIED"):
+                    self._items[key] = obj
+                version = (obj.get("metadata") or {}).get("resourceVersion") if key else None
                 if version:
                     self._version = version
             applied += 1

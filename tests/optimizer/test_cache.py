@@ -80,3 +80,44 @@ def test_the_controller_plans_on_the_watched_cache(
         assert sorted(outcome.placement.values()) == ["b0", "b1", "b2", "b3"]
     finally:
         stop.set()
+
+
+def test_an_object_without_a_name_is_left_out_and_the_rest_is_cached() -> None:
+    from optimizer.controller.cache import Informer
+
+    good = {"metadata": {"name": "n1", "resourceVersion": "5"}}
+    events = [("ADDED", {"metadata": {}}), ("ADDED", {"metadata": {"name": "n2"}}), ("ADDED", 7)]
+    informer = Informer(
+        "nodes",
+        lambda: ([good, {"spec": {}}, "junk"], "5"),  # type: ignore[list-item]
+        lambda **_: iter(events),
+    )
+    informer.relist()
+    assert [i["metadata"]["name"] for i in informer.items()] == ["n1"]
+    assert informer.watch_once() == 3
+    assert sorted(i["metadata"]["name"] for i in informer.items()) == ["n1", "n2"]
+
+
+def test_kubernetes_errors_are_typed_and_keep_the_servers_message(
+    cluster: tuple[FakeApiServer, KubeApi, k8s.CoreV1Api],
+) -> None:
+    from optimizer.controller.kube import ConflictError, InvalidError, KubeError, NotFoundError
+
+    server, api, _ = cluster
+    server.put("v1/nodes", {"metadata": {"name": "n1"}})
+    node = server.get("nodes", None, "n1")
+    assert node is not None
+    with pytest.raises(ConflictError) as stale:
+        api.patch_node_labels("n1", {"stowage.io/pool": "a"}, resource_version="999999")
+    assert stale.value.message.startswith("Operation cannot be fulfilled")
+    with pytest.raises(InvalidError) as invalid:
+        api.patch_node_labels(
+            "n1",
+            {"stowage.io/pool": "not a valid value!"},
+            resource_version=node["metadata"]["resourceVersion"],
+        )
+    assert isinstance(invalid.value, KubeError)
+    assert invalid.value.status == 422
+    assert "not a valid value!" in invalid.value.message
+    with pytest.raises(NotFoundError):
+        api.evict_pod("default", "nobody")
