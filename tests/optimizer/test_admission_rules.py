@@ -482,3 +482,16 @@ def test_a_failed_scheduling_event_about_a_pinned_pod_rolls_the_gang_back(
         status = session.get(GangStatus, (NS, "train"))
     assert status is not None
     assert "train-1 was refused by kube-scheduler: 0/3 nodes are available" in status.message
+
+
+def test_no_new_gang_goes_to_a_node_whose_agent_went_stale(
+    server: tuple[FakeApiServer, KubeApi], engine: Engine
+) -> None:
+    fake, api = server
+    for name in ("a1", "a2", "a3"):
+        fake.put("v1/nodes", _node(name))
+    for i in range(2):
+        fake.put("v1/pods", _pod(f"train-{i}"))
+    admitter = _admitter(api, engine, WallClock(), stale=lambda: {"a1"})
+    assert _outcome(admitter.cycle()).phase == ADMITTED
+    assert sorted(pinned_node(p) or "" for p in _gang_pods(fake)) == ["a2", "a3"]

@@ -93,3 +93,22 @@ def test_the_controller_is_off_unless_asked(tmp_path: Path, engine: Engine) -> N
     settings = _settings(tmp_path, "x").model_copy(update={"controller": "off"})
     with pytest.raises(ValueError, match="off"):
         Controller(None, engine, settings)  # type: ignore[arg-type]
+
+
+def test_a_node_whose_agent_went_quiet_is_stale_for_the_planner(
+    cluster: tuple[FakeApiServer, KubeApi], engine: Engine, tmp_path: Path
+) -> None:
+    _, api = cluster
+    clock = WallClock()
+    with Session(engine) as session, session.begin():
+        ingest_report(
+            session,
+            build_report(DGX_H100, node_name="gpu-1", collected_at=clock()),
+            received_at=clock(),
+        )
+    controller = Controller(api, engine, _settings(tmp_path, "replica-a"), clock=clock)
+    assert controller.stale() == set()
+    assert set(controller.reports()) == {"gpu-1"}
+    clock.advance(61)  # past STOWAGE_STALE_AFTER_S
+    assert controller.stale() == {"gpu-1"}
+    assert controller.reports() == {}

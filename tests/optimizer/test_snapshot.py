@@ -22,12 +22,10 @@ def _facts(
     shape: NodeShape = DGX1_V100,
     labels: dict[str, str] | None = None,
     lost: frozenset[int] = frozenset(),
+    health: GpuHealth = GpuHealth.LOST,
 ) -> NodeFacts:
     report = build_report(shape, node_name=name)
-    gpus = [
-        g.model_copy(update={"health": GpuHealth.LOST}) if g.index in lost else g
-        for g in report.gpus
-    ]
+    gpus = [g.model_copy(update={"health": health}) if g.index in lost else g for g in report.gpus]
     report = report.model_copy(update={"gpus": gpus})
     return NodeFacts(
         name=name,
@@ -54,10 +52,11 @@ def test_a_two_gpu_pod_gets_a_double_nvlink_pair_on_one_socket(policy: str) -> N
     assert _choose([_facts("dgx-0")], TWO_GPUS, policy) == (0, 3)
 
 
-def test_lost_gpus_are_not_schedulable() -> None:
-    snapshot = build_snapshot([_facts("dgx-0", lost=frozenset({3}))])
+@pytest.mark.parametrize("health", [GpuHealth.LOST, GpuHealth.DEGRADED])
+def test_lost_and_degraded_gpus_are_not_offered(health: GpuHealth) -> None:
+    snapshot = build_snapshot([_facts("dgx-0", lost=frozenset({3}), health=health)])
     assert snapshot.state.total_gpu_milli == 7 * FULL
-    chosen = _choose([_facts("dgx-0", lost=frozenset({3}))], TWO_GPUS)
+    chosen = _choose([_facts("dgx-0", lost=frozenset({3}), health=health)], TWO_GPUS)
     assert 3 not in chosen
     assert chosen == (1, 2)  # two NVLinks, one PCIe switch tree, one NUMA node
 
