@@ -7,6 +7,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from demo.scheduling import CORDONED, TAINTED
 from demo.story import DemoResult, run_demo
 from shared.logs import configure_logging
 from shared.ranges import format_cpu_list
@@ -87,6 +88,14 @@ def _print_demo(result: DemoResult, console: Console) -> None:
     console.print("A corrupted report (a link to GPU 99) was refused:")
     for problem in result.rejected.problems:
         console.print(f"  [red]{problem}[/red]")
+    console.rule("One scheduling cycle on this fleet (what `stowage plan` prints)")
+    console.print(
+        f"{CORDONED} is cordoned, {TAINTED} tainted for maintenance, and the DGX A100 lost a\n"
+        "GPU (only 7 of its 8 are offered). Three gangs and a malformed pod wait behind the\n"
+        "stowage.io/gang gate:\n"
+    )
+    for line in result.plan_lines:
+        console.print(line, markup=False, highlight=False)
     console.print("[green]demo finished[/green]")
 
 

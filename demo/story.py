@@ -9,6 +9,8 @@
    agent that tries to report for another node is refused (and audited).
 3. The optimizer's API answers with each node's topology, health and free GPUs and with the
    cluster summary; a corrupted report is refused with the offending field path.
+4. One scheduling cycle runs on the fleet as ``stowage plan`` runs it (``demo.scheduling``):
+   a cordoned node, a tainted one, the DGX A100's lost GPU and a malformed pod, explained.
 
 Each later capability (planner, controller, forecasts) adds its chapter here.
 """
@@ -37,8 +39,10 @@ from agent.nvml import Nvml
 from agent.pods import PodAttributor
 from agent.profile import load_profile
 from agent.reporter import Reporter
+from demo.scheduling import plan_chapter
 from optimizer.api.app import create_app
 from optimizer.auth import TokensFile
+from optimizer.planner.plan import Plan
 from optimizer.settings import OptimizerSettings
 from shared.report import GpuHealth, NodeReport
 from shared.schema import ReportError, parse_report
@@ -90,6 +94,8 @@ class DemoResult:
     forged_status: int
     cluster: dict[str, Any]  # GET /v1/cluster/summary
     api_nodes: int  # nodes GET /v1/nodes lists as ready
+    plan: Plan  # one scheduling cycle on the fleet (demo.scheduling)
+    plan_lines: tuple[str, ...]
 
 
 def agent_report(node_name: str, profile_name: str, *, at_s: float = DEMO_TIME_S) -> NodeReport:
@@ -228,7 +234,10 @@ def run_demo() -> DemoResult:
         rejected = error
     else:
         raise RuntimeError("a report linking a missing GPU was accepted")
+    plan, plan_lines = plan_chapter(reports)
     return DemoResult(
+        plan=plan,
+        plan_lines=tuple(plan_lines),
         nodes=tuple(summaries),
         rejected=rejected,
         reports_acknowledged=acknowledged,

@@ -49,3 +49,20 @@ def test_the_demo_command_prints_a_summary() -> None:
     assert result.exit_code == 0, result.output
     for text in ("gpu-h100-a", "gpu-v100-a", "links.0.gpu_b: GPU index 99", "demo finished"):
         assert text in result.stdout
+
+
+def test_the_scheduling_chapter_is_planned_from_the_agents_reports() -> None:
+    from demo.scheduling import plan_chapter
+    from demo.story import agent_report
+
+    reports = [agent_report(node, profile) for node, profile in SIMULATED_CLUSTER]
+    plan, lines = plan_chapter(reports)
+    admitted = {a.job.name: sorted(p.node for p in a.pods) for a in plan.admit}
+    assert admitted["pretrain"] == ["gpu-h100-a", "gpu-h200-a"]  # the Hopper pool
+    [wait] = plan.wait
+    assert wait.job.name == "finetune"
+    # the DGX A100 offers 7 GPUs (one lost), the GB200 tray has 4: neither holds 8
+    assert "2 Insufficient nvidia.com/gpu" in wait.reason
+    assert "1 node(s) were unschedulable" in wait.reason
+    assert [(i.kind, i.name) for i in plan.invalid] == [("Pod", "notebook")]
+    assert lines[0].endswith("2 admitted, 1 waiting, 0 to evict, 1 invalid")
