@@ -21,6 +21,8 @@ way back (Kubernetes' pod update validation).
 from __future__ import annotations
 
 import itertools
+import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -126,14 +128,19 @@ class GangAdmitter:
 
     def cycle(self) -> list[Outcome]:
         """Recover, observe, plan, commit; returns one outcome per managed gang seen."""
+        number = next(self._numbers)
+        cycle_id = uuid.uuid4().hex[:12]
+        started = time.perf_counter()
         enabled = self._api.opted_in_namespaces(f"{NAMESPACE_ENABLED}=true")
         if not self._dry_run:
             self.committer.recover({p["metadata"]["uid"]: p for p in self._view.pods()})
         observed = self._observe(enabled)
         if not self._dry_run and self._roll_back_unbound(observed):
             observed = self._observe(enabled)
-        plan = run_cycle(observed.snapshot, config=self._config, number=next(self._numbers))
+        observed_at = time.perf_counter()
+        plan = run_cycle(observed.snapshot, config=self._config, number=number, cycle_id=cycle_id)
         self.last_plan = plan
+        planned_at = time.perf_counter()
         for view in observed.gangs.values():
             released = len(view.live) - len(view.gated)
             if released and view.gated:
@@ -149,6 +156,15 @@ class GangAdmitter:
                 )
         outcomes = self.committer.apply(plan, observed, self._statuses)
         self.committer.collect(retention=self._retention, present=set(observed.gangs))
+        log.info(
+            "cycle committed",
+            cycle=number,
+            cycle_id=cycle_id,
+            observe_ms=round((observed_at - started) * 1e3, 2),
+            plan_ms=round((planned_at - observed_at) * 1e3, 2),
+            commit_ms=round((time.perf_counter() - planned_at) * 1e3, 2),
+            outcomes=len(outcomes),
+        )
         return outcomes
 
     def _observe(self, enabled: set[str]) -> Observed:
