@@ -10,7 +10,6 @@ a plugin is found by the name a setting gives, as in kube-scheduler's framework 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final, Generic, TypeVar
@@ -68,13 +67,3 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
-
-
-def registered(registry: Registry[T], name: str) -> Callable[[T], T]:
-    """A decorator registering a plugin under ``name``."""
-
-    def add(item: T) -> T:
-        registry.register(name, item)
-        return item
-
-    return add

@@ -25,7 +25,7 @@ from optimizer.planner.filters import (
     static_mask,
 )
 from optimizer.planner.objects import HOSTNAME, PodInfo
-from optimizer.planner.plan import BoundPod, ClusterSnapshot, Job, Wait
+from optimizer.planner.plan import ClusterSnapshot, Job, Wait
 from optimizer.planner.policies import PlanContext, Policy
 
 
@@ -202,6 +202,3 @@ class Session:
             )
         mask, reasons = self._static[signature]
         return mask.copy(), Counter(reasons)
-
-    def victims_of(self, index: int) -> BoundPod:
-        return self.snapshot.bound[index]
