@@ -35,6 +35,9 @@ _RETRYABLE: Final = frozenset({408, 425, 429, 500, 502, 503, 504})
 _STORED: Final = frozenset({200, 202})
 #: The optimizer lacks the topology these samples refer to (it lost its state): resend it.
 _RESEND_TOPOLOGY: Final = 412
+#: Answers to a topology report that a later try may turn (an owner going stale, the
+#: optimizer's state restored): kept and retried, never dropped.
+_TOPOLOGY_REFUSED: Final = frozenset({409, 412})
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,17 @@ class Reporter:
         if response.status_code == _RESEND_TOPOLOGY and not report.is_topology_report:
             log.warning("optimizer_lacks_topology", node=report.node_name)
             return "resend_topology"
+        if response.status_code in _TOPOLOGY_REFUSED and report.is_topology_report:
+            # e.g. 409: another node owns some of these GPUs. Keep the reports and retry
+            # with backoff; an operator must see this, so it is an error, every time.
+            self._count_failure()
+            log.error(
+                "topology_refused",
+                node=report.node_name,
+                status=response.status_code,
+                body=response.text[:500],
+            )
+            return "retry"
         self._count_failure()
         if response.status_code in _RETRYABLE:
             retry_after = _retry_after_s(response)

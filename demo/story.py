@@ -101,7 +101,9 @@ class DemoResult:
 def agent_report(node_name: str, profile_name: str, *, at_s: float = DEMO_TIME_S) -> NodeReport:
     """What the real agent reports for ``profile_name`` after ``at_s`` simulated seconds."""
     now = [0.0]
-    with FakeMachine(load_profile(profile_name), clock=lambda: now[0]) as machine:
+    with FakeMachine(
+        load_profile(profile_name), clock=lambda: now[0], node_name=node_name
+    ) as machine:
         attributor = PodAttributor(
             socket_path=machine.podresources_socket, proc_root=machine.root / "proc"
         )

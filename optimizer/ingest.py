@@ -2,8 +2,9 @@
 
 Every request's report goes onto a queue; one writer takes whatever is waiting (up to
 ``max_batch``), stores each report inside its own SAVEPOINT of one transaction and commits
-once. A report that fails (unknown topology, bad data) rolls back only its savepoint; the
-others are committed. Requests are answered only after the commit, so an acknowledged
+once. A report that fails (unknown topology, GPUs owned by another node, values a statement
+cannot take) rolls back only its savepoint and is answered with its own error; the others
+are committed. Requests are answered only after the commit, so an acknowledged
 report is durable; if the commit fails, every report of the batch gets the error and none
 is stored. One writer also means SQLite never busy-waits on its own lock, and PostgreSQL
 does one commit (one WAL flush) per batch instead of per report.
@@ -17,14 +18,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
 import structlog
-from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
-from optimizer.store.reports import IngestResult, TopologyUnknownError, ingest_report
+from optimizer.store.reports import (
+    DEFAULT_MOVE_AFTER,
+    GpuOwnedError,
+    IngestResult,
+    TopologyUnknownError,
+    ingest_report,
+)
 from shared.report import NodeReport
 
 log = structlog.get_logger(__name__)
@@ -69,6 +76,7 @@ class IngestQueue:
         pool_of: a node's pool from its name (settings' ``pools``).
         max_batch: most reports per transaction.
         max_queue: reports waiting before :class:`IngestOverloadedError`.
+        move_after: a GPU may move to another node once its owner is silent this long.
     """
 
     def __init__(
@@ -80,7 +88,9 @@ class IngestQueue:
         pool_of: Callable[[str], str | None] = lambda _node: None,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int = 10_000,
+        move_after: timedelta = DEFAULT_MOVE_AFTER,
     ) -> None:
+        self.move_after = move_after
         self.sessions = sessions
         self.clock = clock
         self.observe = observe
@@ -153,9 +163,10 @@ class IngestQueue:
                                 item.report,
                                 received_at=received_at,
                                 pool=self.pool_of(item.report.node_name),
+                                move_after=self.move_after,
                             )
                         outcomes.append((item, result, None))
-                    except TopologyUnknownError as error:
+                    except (TopologyUnknownError, GpuOwnedError) as error:
                         outcomes.append((item, None, error))
                     except (OperationalError, DBAPIError) as error:
                         if error.connection_invalidated or isinstance(error, OperationalError):
@@ -166,6 +177,16 @@ class IngestQueue:
                             error=type(error).__name__,
                         )
                         outcomes.append((item, None, ReportNotStorableError(type(error).__name__)))
+                    except (StatementError, ValueError, TypeError, ArithmeticError) as error:
+                        # this report's values broke a statement (its savepoint is rolled
+                        # back): it fails alone, the rest of the batch goes on
+                        log.error(
+                            "report_not_storable",
+                            node=item.report.node_name,
+                            error=f"{type(error).__name__}: {error}",
+                        )
+                        message = f"{type(error).__name__}: {error}"[:200]
+                        outcomes.append((item, None, ReportNotStorableError(message)))
         except SQLAlchemyError as error:
             log.error("ingest_batch_failed", reports=len(batch), error=type(error).__name__)
             for item in batch:

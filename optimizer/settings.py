@@ -97,6 +97,11 @@ class OptimizerSettings(BaseSettings):
     )
     tls_cert_file: Path | None = Field(default=None, description="Serve HTTPS with this cert.")
     tls_key_file: Path | None = Field(default=None, description="The certificate's key.")
+    gpu_move_after_s: Annotated[float, Field(gt=0)] = Field(
+        default=600.0,
+        description="A GPU UUID belongs to one node; another node may claim it (a GPU moved "
+        "to another server) once its owner has not reported for this long.",
+    )
     idle_util_ratio: Annotated[float, Field(ge=0, le=1)] = Field(
         default=0.05, description="A GPU below this utilisation with no process is idle."
     )

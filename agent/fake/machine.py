@@ -21,9 +21,15 @@ from agent.profile import Profile
 class FakeMachine:
     """The fake parts of one node; use as a context manager or call :meth:`close`."""
 
-    def __init__(self, profile: Profile, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        clock: Callable[[], float] | None = None,
+        node_name: str = "",
+    ) -> None:
         self.profile = profile
-        self.binding = FakeNvml(profile, clock=clock)
+        self.binding = FakeNvml(profile, clock=clock, node_name=node_name)
         self._folder = tempfile.TemporaryDirectory(prefix="stowage-fake-")
         base = Path(self._folder.name)
         self.root = materialize(profile, base / "host")

@@ -110,6 +110,8 @@ class FakeNvml:
         clock: seconds since the fake machine "booted"; defaults to a monotonic clock
             started at construction. Scripted events fire once the clock reaches them.
         init_error: an NVML error code that ``nvmlInit`` raises (to test a broken driver).
+        node_name: the node this fake machine is; its GPUs' UUIDs derive from it, so two fake
+            nodes of one profile never report the same GPU.
     """
 
     NVMLError = pynvml.NVMLError
@@ -120,8 +122,10 @@ class FakeNvml:
         *,
         clock: Callable[[], float] | None = None,
         init_error: int | None = None,
+        node_name: str = "",
     ) -> None:
         self.profile = profile
+        self.node_name = node_name
         start = time.monotonic()
         self._clock = clock or (lambda: time.monotonic() - start)
         self._init_error = init_error
@@ -211,8 +215,10 @@ class FakeNvml:
         return handle.index
 
     def uuid_of(self, index: int) -> str:
-        """The UUID this fake reports for GPU ``index`` (stable per profile and bus id)."""
+        """The UUID this fake reports for GPU ``index`` (stable per node, profile and bus id)."""
         seed = f"{self.profile.name}/{self.profile.gpus[index].pci_bus_id}"
+        if self.node_name:
+            seed = f"{self.node_name}/{seed}"
         return f"GPU-{uuid.uuid5(_UUID_NAMESPACE, seed)}"
 
     def nvmlDeviceGetUUID(self, handle: _Handle | _MigHandle) -> str:  # noqa: N802

@@ -71,7 +71,11 @@ def create_app(
         registry=registry,
         metrics=metrics,
         ingest=IngestQueue(
-            sessions=sessions, clock=clock, observe=observe, pool_of=settings.pool_of
+            sessions=sessions,
+            clock=clock,
+            observe=observe,
+            pool_of=settings.pool_of,
+            move_after=timedelta(seconds=settings.gpu_move_after_s),
         ),
     )
     registry.register(health.ClusterCollector(state))

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from optimizer.api.deps import AgentOrAdmin, StateDep, refuse
 from optimizer.auth import Role
 from optimizer.ingest import IngestOverloadedError, ReportNotStorableError
-from optimizer.store.reports import TopologyUnknownError
+from optimizer.store.reports import GpuOwnedError, TopologyUnknownError
 from shared.report import SUPPORTED_SCHEMA_VERSIONS
 from shared.schema import ReportError, parse_report
 
@@ -49,6 +49,10 @@ async def _read_limited(request: Request, limit: int) -> bytes:
         400: {"description": "Unsupported schema_version; the supported ones are named."},
         401: {"description": "No valid bearer token."},
         403: {"description": "An agent may only report for its own node."},
+        409: {
+            "description": "The topology claims GPUs another node owns and still reports "
+            "for (each UUID and its owner named; audited)."
+        },
         412: {"description": "Samples for a topology the optimizer lacks: resend topology."},
         413: {"description": "Body over the size limit."},
         422: {"description": "The report breaks the contract; every problem with its path."},
@@ -87,6 +91,18 @@ async def post_report(request: Request, state: StateDep, principal: AgentOrAdmin
     except TopologyUnknownError as error:
         state.metrics.reports.labels(outcome="topology_unknown").inc()
         raise HTTPException(412, str(error)) from None
+    except GpuOwnedError as error:
+        state.metrics.reports.labels(outcome="gpu_owned").inc()
+        await run_in_threadpool(
+            refuse, state, request, status=409, actor=principal.subject, reason=str(error)
+        )
+        raise HTTPException(
+            409,
+            {
+                "message": str(error),
+                "owned": [{"uuid": uuid, "node": owner} for uuid, owner in error.claims],
+            },
+        ) from None
     except ReportNotStorableError as error:
         state.metrics.reports.labels(outcome="not_storable").inc()
         raise HTTPException(422, f"the database refused this report: {error}") from None

@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from optimizer.store.models import (
+    AuditEntry,
     Gpu,
     GpuLinkRow,
     Node,
@@ -42,6 +43,20 @@ _USAGE: Final[Table] = WorkloadUsage.__table__  # type: ignore[assignment]
 
 class TopologyUnknownError(LookupError):
     """A samples report for a node (or GPU) whose topology the optimizer does not have."""
+
+
+class GpuOwnedError(ValueError):
+    """A topology report claims GPUs another, live node owns (a GPU UUID belongs to one
+    node at a time); nothing of the report is written."""
+
+    def __init__(self, claims: Sequence[tuple[str, str]]) -> None:
+        self.claims = tuple(claims)  # (uuid, owner)
+        owned = ", ".join(f"{uuid} (node {owner})" for uuid, owner in self.claims)
+        super().__init__(f"GPUs owned by another node that still reports: {owned}")
+
+
+#: A GPU may move to another node once its owner has not reported for this long.
+DEFAULT_MOVE_AFTER: Final = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -68,13 +83,23 @@ def bucket_start(at: datetime, size: timedelta) -> datetime:
 
 
 def ingest_report(
-    session: Session, report: NodeReport, *, received_at: datetime, pool: str | None = None
+    session: Session,
+    report: NodeReport,
+    *,
+    received_at: datetime,
+    pool: str | None = None,
+    move_after: timedelta = DEFAULT_MOVE_AFTER,
 ) -> IngestResult:
     """Store ``report`` in the caller's transaction; ``pool`` is the node's configured pool.
+
+    A GPU UUID belongs to one node: a topology report claiming a GPU of another node is
+    refused unless that node has not reported for ``move_after`` (the GPU moved to another
+    server), and then the move is audited.
 
     Raises:
         TopologyUnknownError: a samples report for an unknown node or GPU (the agent must
             resend its topology); nothing is written.
+        GpuOwnedError: the report claims GPUs of a live node; nothing is written.
     """
     receipt = (
         _insert(session, ReportReceipt)
@@ -104,6 +129,7 @@ def ingest_report(
         session.add(node)
     changed = False
     if report.is_topology_report:
+        _claim_gpus(session, report, received_at=received_at, move_after=move_after)
         fingerprint = report.topology_fingerprint()
         if fingerprint != node.topology_fingerprint:
             _store_topology(session, report, fingerprint=fingerprint, received_at=received_at)
@@ -121,6 +147,37 @@ def ingest_report(
     session.flush()
     _store_samples(session, report)
     return IngestResult(stored=True, topology_changed=changed, samples=len(report.samples))
+
+
+def _claim_gpus(
+    session: Session, report: NodeReport, *, received_at: datetime, move_after: timedelta
+) -> None:
+    """Refuse GPUs a live node owns; move (and audit) those of a node gone quiet."""
+    uuids = [gpu.uuid for gpu in report.gpus]
+    if not uuids:
+        return
+    owners = session.execute(
+        select(Gpu.uuid, Gpu.node_name, Node.last_seen)
+        .join(Node, Node.name == Gpu.node_name)
+        .where(Gpu.uuid.in_(uuids), Gpu.node_name != report.node_name)
+    ).all()
+    live = [(uuid, owner) for uuid, owner, seen in owners if received_at - seen < move_after]
+    if live:
+        raise GpuOwnedError(sorted(live))
+    for uuid, owner, seen in owners:
+        session.add(
+            AuditEntry(
+                at=received_at,
+                actor=report.node_name,
+                verb="move-gpu",
+                object=f"gpu/{uuid}",
+                reason=f"from node {owner} (silent since {seen.isoformat()}) to {report.node_name}",
+                outcome="applied",
+            )
+        )
+    # the stored topology follows its GPUs: the old node re-sends its own when it returns
+    for owner in {owner for _, owner, _ in owners}:
+        session.execute(update(Node).where(Node.name == owner).values(topology_fingerprint=None))
 
 
 def _store_topology(

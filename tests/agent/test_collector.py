@@ -244,3 +244,18 @@ def test_mig_needs_a_capable_gpu() -> None:
     data["gpus"][0]["mig_devices"] = [{"profile": "1g.6gb", "memory_gib": 6}]
     with pytest.raises(ProfileError, match=r"gpus\.0\.mig_devices: gpu\.mig_capable is false"):
         parse_profile(yaml.safe_dump(data), origin="l40s")
+
+
+def test_fake_gpus_are_named_after_their_node_so_two_fake_nodes_never_collide() -> None:
+    from agent.fake.machine import FakeMachine
+    from agent.profile import load_profile
+
+    profile = load_profile("dgx-h100")
+    with (
+        FakeMachine(profile, node_name="node-a") as a,
+        FakeMachine(profile, node_name="node-b") as b,
+        FakeMachine(profile, node_name="node-a") as again,
+    ):
+        uuids_a = {a.binding.uuid_of(i) for i in range(8)}
+        assert uuids_a.isdisjoint(b.binding.uuid_of(i) for i in range(8))
+        assert uuids_a == {again.binding.uuid_of(i) for i in range(8)}  # stable per node

@@ -130,6 +130,23 @@ def test_a_resend_the_optimizer_already_stored_counts_as_delivered(
     assert reporter.failures == 0
 
 
+@pytest.mark.parametrize("status", [409, 412])
+def test_a_refused_topology_is_kept_and_retried_never_dropped(
+    tmp_path: Path, optimizer: FakeOptimizer, status: int
+) -> None:
+    collector, reporter, clock, _ = _setup(tmp_path, optimizer)
+    optimizer.status = status  # e.g. 409: another node still owns these GPUs
+    _cycle(collector, reporter, clock)
+    assert len(reporter.buffer) == 1
+    assert reporter.buffer[0].report.is_topology_report
+    assert reporter.failures == 1
+    optimizer.status = 202
+    clock.advance(600)  # past any backoff
+    _cycle(collector, reporter, clock)
+    assert len(reporter.buffer) == 0
+    assert "gpus" in optimizer.received[-2]  # the kept topology went first
+
+
 def test_retry_after_and_backoff_are_respected(tmp_path: Path, optimizer: FakeOptimizer) -> None:
     collector, reporter, clock, _ = _setup(tmp_path, optimizer)
     optimizer.status, optimizer.retry_after = 503, "45"

@@ -273,3 +273,24 @@ def test_admins_read_the_audit_log(client: TestClient, clock: WallClock) -> None
     assert "may not report for node gpu-node-1" in refusal["reason"]
     # the reader's refused attempt to read the audit log is audited too
     assert any(e["actor"] == "sre@example.com" and e["object"] == "/v1/audit" for e in entries)
+
+
+def test_another_nodes_agent_cannot_take_its_gpus(client: TestClient, clock: WallClock) -> None:
+    """node-b's token posting node-b's topology with node-a's GPU UUIDs: 409, audited, and
+    node-a keeps its GPUs and its samples keep being accepted."""
+    mine = topology_report(AGENT, at=clock())
+    assert _post(client, mine).status_code == 202
+    claim = mine.model_copy(update={"node_name": "gpu-node-2"})
+    refused = _post(client, claim, who="gpu-node-2")
+    assert refused.status_code == 409
+    detail = refused.json()["detail"]
+    assert detail["message"].startswith("GPUs owned by another node that still reports")
+    assert {o["node"] for o in detail["owned"]} == {AGENT}
+    assert len(detail["owned"]) == 8
+    node = client.get(f"/v1/nodes/{AGENT}", headers=auth("sre@example.com")).json()
+    assert len(node["gpus"]) == 8
+    clock.advance(10)
+    later_samples = samples_report(mine, at=clock(), sequence=2)
+    assert _post(client, later_samples).status_code == 202
+    entries = client.get("/v1/audit", headers=auth("platform@example.com")).json()["items"]
+    assert any(e["outcome"] == "denied:409" and e["actor"] == "gpu-node-2" for e in entries)

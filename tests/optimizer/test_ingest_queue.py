@@ -77,3 +77,37 @@ def test_a_full_queue_refuses_at_once(engine: Engine) -> None:
     asyncio.run(scenario())
     writer.stop()
     assert _count(engine, ReportReceipt) == 1
+
+
+def test_poisoned_reports_fail_alone_and_every_good_one_is_acknowledged(engine: Engine) -> None:
+    """Reports whose values break a statement (here a time past year 9999 in UTC, as a
+    contract-valid "9999-12-31T23:59:59-14:00" once was) are answered with their own error;
+    every other report of their batches is stored."""
+    from datetime import timedelta, timezone
+
+    from optimizer.ingest import ReportNotStorableError
+
+    writer = IngestQueue(sessions=make_session_factory(engine), clock=lambda: T0, max_batch=16)
+    edge = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-14)))
+    reports = []
+    for i in range(50):
+        report = topology_report(f"gpu-node-{i}", at=T0)
+        if i % 5 == 2:
+            report = report.model_copy(update={"collected_at": edge})
+        reports.append(report)
+
+    async def scenario() -> list[object]:
+        tasks = [asyncio.ensure_future(writer.submit(r)) for r in reports]
+        await asyncio.sleep(0)
+        writer.start()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    writer.stop()
+    poisoned = [r for i, r in enumerate(results) if i % 5 == 2]
+    good = [r for i, r in enumerate(results) if i % 5 != 2]
+    assert all(isinstance(r, ReportNotStorableError) for r in poisoned), poisoned[:2]
+    assert all(getattr(r, "stored", False) for r in good), [
+        r for r in good if not hasattr(r, "stored")
+    ][:2]
+    assert _count(engine, ReportReceipt) == 40

@@ -245,3 +245,36 @@ def test_source_choice(step_s: float, age_days: float, expected: str) -> None:
     assert (
         choose_source(step=timedelta(seconds=step_s), start=start, raw_since=raw_since) == expected
     )
+
+
+def test_a_gpu_belongs_to_one_node_until_its_owner_goes_quiet(engine: Engine) -> None:
+    from optimizer.store.models import AuditEntry, Node
+    from optimizer.store.reports import GpuOwnedError
+
+    one = topology_report("gpu-node-1", at=T0)
+    with Session(engine) as session, session.begin():
+        ingest_report(session, one, received_at=T0)
+    claim = one.model_copy(update={"node_name": "gpu-node-2", "sequence": 1})
+    with (
+        Session(engine) as session,
+        pytest.raises(GpuOwnedError, match="owned by another node") as owned,
+        session.begin(),
+    ):
+        ingest_report(session, claim, received_at=later(T0, 30), move_after=timedelta(minutes=10))
+    assert {owner for _, owner in owned.value.claims} == {"gpu-node-1"}
+    assert len(owned.value.claims) == 8
+    with Session(engine) as session:
+        assert {g.node_name for g in session.scalars(select(Gpu))} == {"gpu-node-1"}
+        assert session.get(Node, "gpu-node-2") is None  # nothing of the claim was written
+    # gpu-node-1 falls silent for longer than move_after: the GPUs moved to another server
+    moved_at = later(T0, 11 * 60)
+    with Session(engine) as session, session.begin():
+        ingest_report(session, claim, received_at=moved_at, move_after=timedelta(minutes=10))
+    with Session(engine) as session:
+        assert {g.node_name for g in session.scalars(select(Gpu))} == {"gpu-node-2"}
+        moves = session.scalars(select(AuditEntry).where(AuditEntry.verb == "move-gpu")).all()
+        old = session.get(Node, "gpu-node-1")
+    assert len(moves) == 8
+    assert moves[0].reason.startswith("from node gpu-node-1 (silent since")
+    assert old is not None
+    assert old.topology_fingerprint is None  # its next topology report is stored again
