@@ -97,6 +97,11 @@ class OptimizerSettings(BaseSettings):
     )
     tls_cert_file: Path | None = Field(default=None, description="Serve HTTPS with this cert.")
     tls_key_file: Path | None = Field(default=None, description="The certificate's key.")
+    max_clock_skew_s: Annotated[float, Field(ge=0, le=86400)] = Field(
+        default=300.0,
+        description="A report dated more than this far ahead of the optimizer's clock is "
+        "refused (422); one older than the raw retention too.",
+    )
     gpu_move_after_s: Annotated[float, Field(gt=0)] = Field(
         default=600.0,
         description="A GPU UUID belongs to one node; another node may claim it (a GPU moved "

@@ -29,6 +29,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     StringConstraints,
     field_validator,
     model_validator,
@@ -58,12 +59,21 @@ NODE_NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 GpuUuid = Annotated[str, StringConstraints(pattern=_GPU_UUID_RE)]
-Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
+#: Numbers are strict: a bool is no number and a string no integer (``true`` is not 1).
+Ratio = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
 #: Every integer on the wire fits a signed 64-bit database column.
 INT64_MAX: Final = 2**63 - 1
-NonNegativeInt = Annotated[int, Field(ge=0, le=INT64_MAX)]
-NonNegativeFloat = Annotated[float, Field(ge=0.0)]
-CpuId = Annotated[int, Field(ge=0, lt=MAX_CPUS)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
+NonNegativeFloat = Annotated[float, Strict(), Field(ge=0.0)]
+CpuId = Annotated[int, Strict(), Field(ge=0, lt=MAX_CPUS)]
+# Physical bounds on measures (a reading past them is a broken sensor or a forged report).
+MAX_GPU_POWER_W: Final = 5_000.0
+MAX_ENERGY_J: Final = 1e15  # 5 kW for six years
+MAX_CLOCK_HZ: Final = 1e10
+MAX_GPU_MEMORY_BYTES: Final = 2**44  # 16 TiB
+MAX_NVLINK_BANDWIDTH_BYTES_PER_S: Final = 1e14
+Watts = Annotated[float, Strict(), Field(ge=0.0, le=MAX_GPU_POWER_W)]
+GpuBytes = Annotated[int, Strict(), Field(ge=0, le=MAX_GPU_MEMORY_BYTES)]
 
 
 class GpuHealth(enum.StrEnum):
@@ -201,20 +211,20 @@ class MigInstance(_Model):
 class GpuInfo(_Model):
     """Static facts about one GPU; they change only when hardware or driver state changes."""
 
-    index: Annotated[int, Field(ge=0, lt=MAX_GPUS_PER_NODE)]
+    index: Annotated[int, Strict(), Field(ge=0, lt=MAX_GPUS_PER_NODE)]
     uuid: GpuUuid
     product: ShortText  # NVML name, e.g. "NVIDIA H100 80GB HBM3"
     architecture: GpuArchitecture | None = None
     compute_capability: Annotated[str, StringConstraints(pattern=r"^\d+\.\d+$")] | None = None
     serial: ShortText | None = None
-    memory_bytes: Annotated[int, Field(gt=0, le=INT64_MAX)]
+    memory_bytes: Annotated[int, Strict(), Field(gt=0, le=MAX_GPU_MEMORY_BYTES)]
     pci_bus_id: str
-    pcie_generation: Annotated[int, Field(ge=1, le=7)] | None = None
-    pcie_width: Annotated[int, Field(ge=1, le=32)] | None = None
+    pcie_generation: Annotated[int, Strict(), Field(ge=1, le=7)] | None = None
+    pcie_width: Annotated[int, Strict(), Field(ge=1, le=32)] | None = None
     numa_node: NonNegativeInt | None = None
     cpu_affinity: list[CpuId] = Field(default_factory=list, max_length=MAX_CPUS)
-    power_limit_w: NonNegativeFloat | None = None
-    mig_enabled: bool = False
+    power_limit_w: Watts | None = None
+    mig_enabled: Annotated[bool, Strict()] = False
     mig_instances: list[MigInstance] = Field(
         default_factory=list, max_length=MAX_MIG_INSTANCES_PER_GPU
     )
@@ -254,11 +264,13 @@ class GpuLink(_Model):
 
     gpu_a: NonNegativeInt
     gpu_b: NonNegativeInt
-    nvlink_count: Annotated[int, Field(ge=0, le=64)] = 0
+    nvlink_count: Annotated[int, Strict(), Field(ge=0, le=64)] = 0
     #: Aggregate bidirectional NVLink bandwidth between the pair, bytes per second.
-    nvlink_bandwidth_bytes_per_s: NonNegativeFloat | None = None
+    nvlink_bandwidth_bytes_per_s: (
+        Annotated[float, Strict(), Field(ge=0.0, le=MAX_NVLINK_BANDWIDTH_BYTES_PER_S)] | None
+    ) = None
     #: True when the links go through NVSwitch (every GPU on the fabric is all-to-all).
-    via_nvswitch: bool = False
+    via_nvswitch: Annotated[bool, Strict()] = False
     #: NVML common-ancestor level; None where only the NVLink count is known.
     pcie_level: PcieLevel | None = None
 
@@ -274,12 +286,12 @@ class GpuLink(_Model):
 class GpuProcess(_Model):
     """One process using a GPU, attributed to its pod where the agent could tell."""
 
-    pid: Annotated[int, Field(ge=1, le=2**31 - 1)]
+    pid: Annotated[int, Strict(), Field(ge=1, le=2**31 - 1)]
     namespace: ShortText | None = None
     pod: ShortText | None = None
     pod_uid: ShortText | None = None
     container: ShortText | None = None
-    memory_used_bytes: NonNegativeInt | None = None
+    memory_used_bytes: GpuBytes | None = None
 
 
 class EccCounts(_Model):
@@ -299,12 +311,12 @@ class GpuSample(_Model):
     sm_active_ratio: Ratio | None = None
     #: Fraction of the window the memory interface was busy (memory-bandwidth utilisation).
     memory_bandwidth_util_ratio: Ratio | None = None
-    memory_used_bytes: NonNegativeInt | None = None
-    power_w: NonNegativeFloat | None = None
+    memory_used_bytes: GpuBytes | None = None
+    power_w: Watts | None = None
     #: Cumulative energy since driver load, joules (a counter).
-    energy_j: NonNegativeFloat | None = None
-    temperature_c: Annotated[float, Field(ge=-50.0, le=200.0)] | None = None
-    sm_clock_hz: NonNegativeFloat | None = None
+    energy_j: Annotated[float, Strict(), Field(ge=0.0, le=MAX_ENERGY_J)] | None = None
+    temperature_c: Annotated[float, Strict(), Field(ge=-50.0, le=200.0)] | None = None
+    sm_clock_hz: Annotated[float, Strict(), Field(ge=0.0, le=MAX_CLOCK_HZ)] | None = None
     ecc: EccCounts | None = None
     xid_total: NonNegativeInt = 0
     last_xid: NonNegativeInt | None = None
@@ -315,7 +327,7 @@ class GpuSample(_Model):
 class NodeReport(_Model):
     """Everything one agent reports about its node in one cycle."""
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: Annotated[int, Strict()] = SCHEMA_VERSION
     node_name: Annotated[
         str, StringConstraints(min_length=1, max_length=253, pattern=NODE_NAME_PATTERN)
     ]
@@ -330,6 +342,13 @@ class NodeReport(_Model):
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=MAX_GPUS_PER_NODE)
     links: list[GpuLink] = Field(default_factory=list, max_length=MAX_LINKS_PER_NODE)
     samples: list[GpuSample] = Field(default_factory=list, max_length=MAX_GPUS_PER_NODE)
+
+    @field_validator("collected_at", mode="before")
+    @classmethod
+    def _time_is_a_timestamp(cls, value: object) -> object:
+        if isinstance(value, bool | int | float):
+            raise ValueError("must be an RFC 3339 timestamp with a UTC offset, not a number")
+        return value
 
     @field_validator("schema_version")
     @classmethod

@@ -9,10 +9,11 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from optimizer.api.deps import AgentOrAdmin, StateDep, refuse
+from optimizer.api.state import AppState
 from optimizer.auth import Role
 from optimizer.ingest import IngestOverloadedError, ReportNotStorableError
 from optimizer.store.reports import GpuOwnedError, TopologyUnknownError
-from shared.report import SUPPORTED_SCHEMA_VERSIONS
+from shared.report import SUPPORTED_SCHEMA_VERSIONS, NodeReport
 from shared.schema import ReportError, parse_report
 
 router = APIRouter(tags=["reports"])
@@ -37,6 +38,27 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             raise HTTPException(413, f"request body over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _out_of_window(report: NodeReport, state: AppState) -> str | None:
+    """Why ``collected_at`` is unacceptable by the server's clock, or None: a report from the
+    future would stand as a node's latest forever, one older than retention is pruned at
+    once."""
+    now = state.clock()
+    ahead = (report.collected_at - now).total_seconds()
+    skew = state.settings.max_clock_skew_s
+    if ahead > skew:
+        return (
+            f"{report.collected_at.isoformat()} is {ahead:.0f} s ahead of the optimizer's "
+            f"clock; at most {skew:.0f} s is allowed (STOWAGE_MAX_CLOCK_SKEW_S)"
+        )
+    retention = state.settings.raw_retention_s
+    if (now - report.collected_at).total_seconds() > retention:
+        return (
+            f"{report.collected_at.isoformat()} is older than the raw retention "
+            f"({retention:.0f} s, STOWAGE_RAW_RETENTION_S)"
+        )
+    return None
 
 
 @router.post(
@@ -80,6 +102,9 @@ async def post_report(request: Request, state: StateDep, principal: AgentOrAdmin
                 for p in error.problems
             ],
         ) from None
+    if problem := _out_of_window(report, state):
+        state.metrics.reports.labels(outcome="invalid").inc()
+        raise HTTPException(422, [{"loc": ["collected_at"], "msg": problem}])
     if principal.role is Role.AGENT and report.node_name != principal.subject:
         reason = f"agent of node {principal.subject} may not report for node {report.node_name}"
         await run_in_threadpool(

@@ -294,3 +294,26 @@ def test_another_nodes_agent_cannot_take_its_gpus(client: TestClient, clock: Wal
     assert _post(client, later_samples).status_code == 202
     entries = client.get("/v1/audit", headers=auth("platform@example.com")).json()["items"]
     assert any(e["outcome"] == "denied:409" and e["actor"] == "gpu-node-2" for e in entries)
+
+
+@pytest.mark.parametrize(
+    ("offset_s", "status", "fragment"),
+    [
+        pytest.param(0, 202, None, id="now"),
+        pytest.param(240, 202, None, id="within the allowed skew"),
+        pytest.param(3600, 422, "ahead of the optimizer's clock", id="an hour ahead"),
+        pytest.param(74 * 365 * 86400, 422, "ahead of the optimizer's clock", id="year 2100"),
+        pytest.param(-3 * 86400, 422, "older than the raw retention", id="three days old"),
+    ],
+)
+def test_reports_must_be_dated_near_the_optimizers_clock(
+    client: TestClient, clock: WallClock, offset_s: float, status: int, fragment: str | None
+) -> None:
+    """A report from the future would stand as the node's latest forever (and is never
+    pruned); one older than the raw retention would be pruned at once."""
+    response = _post(client, topology_report(AGENT, at=later(clock(), offset_s)))
+    assert response.status_code == status, response.text
+    if fragment:
+        [problem] = response.json()["detail"]
+        assert problem["loc"] == ["collected_at"]
+        assert fragment in problem["msg"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def _app() -> FastAPI:
         prune_in_background=False,
     )
     with TestClient(app) as client:  # one node, so reads of real names are exercised too
-        report = build_report(DGX_H100, node_name="gpu-node-1")
+        report = build_report(DGX_H100, node_name="gpu-node-1", collected_at=datetime.now(UTC))
         assert client.post("/v1/reports", content=report.model_dump_json()).status_code == 202
     return app
 

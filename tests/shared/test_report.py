@@ -165,6 +165,17 @@ REJECTIONS = [
     ("sample-for-unknown-gpu", _sample_for_unknown_gpu, "samples.2.gpu_uuid", "not in gpus"),
     ("numa-not-on-host", _set("gpus.4.numa_node", 9), "gpus.4.numa_node", "not in host"),
     ("mig-without-mode", _set("gpus.0.mig_enabled", False), "gpus.0", "mig_enabled is false"),
+    # strict types: nothing is coerced
+    ("bool-as-integer", _set("sequence", True), "sequence", "valid integer"),
+    ("string-as-integer", _set("schema_version", "1"), "schema_version", "valid integer"),
+    ("number-as-time", _set("collected_at", 12), "collected_at", "not a number"),
+    ("string-as-bool", _set("gpus.1.mig_enabled", "true"), "gpus.1.mig_enabled", "valid boolean"),
+    ("bool-as-number", _set("samples.0.power_w", True), "samples.0.power_w", "valid number"),
+    # physical bounds, the limit in the message
+    ("absurd-power", _set("samples.3.power_w", 1.7e308), "samples.3.power_w", "5000"),
+    ("absurd-clock", _set("samples.3.sm_clock_hz", 1e12), "samples.3.sm_clock_hz", "10000000000"),
+    ("absurd-energy", _set("samples.3.energy_j", 1e300), "samples.3.energy_j", "1000000000000000"),
+    ("absurd-memory", _set("gpus.3.memory_bytes", 2**60), "gpus.3.memory_bytes", "17592186044416"),
 ]
 
 
