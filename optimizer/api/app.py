@@ -17,6 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.concurrency import run_in_threadpool
 
 from optimizer.api import audit, cluster, gangs, gpus, health, nodes, reports, webhook
+from optimizer.api.limits import BodyLimit
 from optimizer.api.state import ApiMetrics, AppState
 from optimizer.auth import Authenticator
 from optimizer.ingest import IngestQueue
@@ -102,6 +103,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.stowage = state
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     for module in (reports, nodes, cluster, gpus, gangs, audit, health, webhook):
         app.include_router(module.router)
 

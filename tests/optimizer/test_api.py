@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -182,6 +183,26 @@ def test_oversized_body_is_413(client: TestClient) -> None:
         "/v1/reports", content=b"{" + b" " * (300 * 1024) + b"}", headers=auth(AGENT)
     )
     assert response.status_code == 413
+
+
+@pytest.mark.parametrize("path", ["/webhooks/mutate-pods", "/v1/reports", "/v1/nodes"])
+def test_every_route_refuses_an_oversized_body_declared_or_streamed(
+    client: TestClient, path: str
+) -> None:
+    """The unauthenticated webhook too: a client cannot make the optimizer buffer more than
+    STOWAGE_MAX_BODY_BYTES, whether it declares the length or streams chunks."""
+    declared = client.post(path, content=b"{" + b" " * (2 * 2**20) + b"}")
+    assert declared.status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(64):
+            yield b" " * 65_536  # 4 MiB in all, no Content-Length
+
+    if path == "/v1/nodes":
+        return  # no POST route: 405 before any body is read
+    streamed = client.post(path, content=chunks(), headers=auth(AGENT))
+    assert streamed.status_code == 413
+    assert "request body over" in streamed.json()["detail"]
 
 
 def test_samples_for_unknown_topology_is_412(client: TestClient, clock: WallClock) -> None:
