@@ -71,6 +71,14 @@ class OptimizerSettings(BaseSettings):
     rollup_1h_retention_s: Annotated[float, Field(gt=0)] = Field(
         default=400 * 86400.0, description="Keep 1-hour rollups this long."
     )
+    audit_retention_s: Annotated[float, Field(gt=0)] = Field(
+        default=90 * 86400.0, description="Keep audit entries this long."
+    )
+    topology_retention_s: Annotated[float, Field(gt=0)] = Field(
+        default=30 * 86400.0,
+        description="Keep topology versions a node has since replaced this long (the "
+        "current one is always kept).",
+    )
     prune_interval_s: Annotated[float, Field(gt=0)] = Field(
         default=600.0, description="How often retention is applied while serving."
     )

@@ -231,8 +231,8 @@ class GpuInfo(_Model):
     health: GpuHealth = GpuHealth.OK
     # Multi-node NVLink fabric (GB200 NVL72 class): GPUs with equal (cluster_uuid, clique_id)
     # share one NVLink domain across trays.
-    cluster_uuid: ShortText | None = None
-    clique_id: NonNegativeInt | None = None
+    cluster_uuid: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    clique_id: Annotated[int, Strict(), Field(ge=0, le=2**32 - 1)] | None = None
 
     @field_validator("pci_bus_id")
     @classmethod
@@ -287,10 +287,11 @@ class GpuProcess(_Model):
     """One process using a GPU, attributed to its pod where the agent could tell."""
 
     pid: Annotated[int, Strict(), Field(ge=1, le=2**31 - 1)]
-    namespace: ShortText | None = None
-    pod: ShortText | None = None
-    pod_uid: ShortText | None = None
-    container: ShortText | None = None
+    # Kubernetes' own limits, within the store's columns (SQLite and PostgreSQL agree)
+    namespace: Annotated[str, StringConstraints(min_length=1, max_length=63)] | None = None
+    pod: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = None
+    pod_uid: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    container: Annotated[str, StringConstraints(min_length=1, max_length=63)] | None = None
     memory_used_bytes: GpuBytes | None = None
 
 
@@ -337,7 +338,9 @@ class NodeReport(_Model):
     sequence: NonNegativeInt = 0
     collected_at: AwareDatetime
     driver_version: ShortText | None = None
-    cuda_version: Annotated[str, StringConstraints(pattern=r"^\d+\.\d+$")] | None = None
+    cuda_version: Annotated[str, StringConstraints(max_length=16, pattern=r"^\d+\.\d+$")] | None = (
+        None
+    )
     host: HostInfo | None = None
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=MAX_GPUS_PER_NODE)
     links: list[GpuLink] = Field(default_factory=list, max_length=MAX_LINKS_PER_NODE)

@@ -152,5 +152,7 @@ def run_prune(state: AppState) -> None:
             raw_retention=timedelta(seconds=settings.raw_retention_s),
             rollup_5m_retention=timedelta(seconds=settings.rollup_5m_retention_s),
             rollup_1h_retention=timedelta(seconds=settings.rollup_1h_retention_s),
+            audit_retention=timedelta(seconds=settings.audit_retention_s),
+            topology_retention=timedelta(seconds=settings.topology_retention_s),
         )
     log.info("pruned", **result.__dict__)

@@ -34,8 +34,17 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def refuse(state: AppState, request: Request, *, status: int, actor: str, reason: str) -> None:
-    """Audit a refusal (best effort: a database outage must not turn 401 into 500)."""
+    """Audit a refusal (best effort: a database outage must not turn 401 into 500).
+    Unauthenticated refusals are aggregated: one row per source and reason a minute."""
     state.metrics.denied.labels(status=str(status)).inc()
+    if status == 401:
+        source = request.client.host if request.client else "unknown"
+        repeats = state.refusals.admit((source, reason), int(state.clock().timestamp() // 60))
+        if repeats is None:
+            return
+        actor = f"{actor} from {source}"
+        if repeats:
+            reason = f"{reason} ({repeats} more from {source} in its previous minute)"
     try:
         with state.sessions.begin() as session:
             record_audit(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Engine
@@ -45,6 +47,31 @@ class ApiMetrics:
         )
 
 
+class RefusalWindow:
+    """Counts unauthenticated refusals per (source, reason) and minute, so a flood writes
+    at most one audit row per source and reason a minute (plus the count of the minute
+    before), not one per request."""
+
+    MAX_KEYS: ClassVar[int] = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], tuple[int, int]] = {}  # key -> (minute, repeats)
+
+    def admit(self, key: tuple[str, str], minute: int) -> int | None:
+        """None when this refusal is a repeat within its minute (not to be audited);
+        otherwise how many repeats the key had in its previous minute."""
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and seen[0] == minute:
+                self._seen[key] = (minute, seen[1] + 1)
+                return None
+            if len(self._seen) >= self.MAX_KEYS:
+                self._seen = {k: v for k, v in self._seen.items() if v[0] == minute}
+            self._seen[key] = (minute, 0)
+            return seen[1] if seen is not None else 0
+
+
 @dataclass
 class AppState:
     """Attached to ``app.state.stowage``."""
@@ -57,3 +84,5 @@ class AppState:
     registry: CollectorRegistry
     metrics: ApiMetrics
     ingest: IngestQueue
+    #: Unauthenticated refusals this minute, by (source, reason): see deps.refuse.
+    refusals: RefusalWindow = field(default_factory=RefusalWindow)

@@ -7,7 +7,7 @@ functions. Every timestamp is UTC; every quantity is in the contract's SI units.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -22,7 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 from sqlalchemy.types import TypeDecorator
 
 
@@ -213,6 +213,19 @@ class AuditEntry(Base):
     plan_id: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_audit_at", "at"),)
+
+    #: Longest text kept for ``reason`` (a Text column, bounded so a flood stays small).
+    MAX_REASON: ClassVar[int] = 4096
+
+    @validates("actor", "verb", "object", "outcome", "plan_id", "reason")
+    def _fit_column(self, key: str, value: str | None) -> str | None:
+        """Every audited field is cut to its column, so PostgreSQL stores what SQLite does
+        (a refusal with a 600-character path is audited, not lost)."""
+        if value is None:
+            return None
+        column_type = self.__table__.c[key].type
+        length = self.MAX_REASON if key == "reason" else int(getattr(column_type, "length", 0))
+        return value if len(value) <= length else value[: length - 1] + "…"
 
 
 class Forecast(Base):

@@ -380,6 +380,8 @@ class PruneResult:
     rollups_5m: int
     rollups_1h: int
     receipts: int
+    audit_entries: int = 0
+    topology_versions: int = 0
 
 
 def prune(
@@ -389,8 +391,12 @@ def prune(
     raw_retention: timedelta,
     rollup_5m_retention: timedelta,
     rollup_1h_retention: timedelta,
+    audit_retention: timedelta | None = None,
+    topology_retention: timedelta | None = None,
 ) -> PruneResult:
-    """Delete raw samples, usage, receipts and rollups older than their retention."""
+    """Delete raw samples, usage, receipts and rollups older than their retention; with
+    ``audit_retention``, audit entries; with ``topology_retention``, topology versions a
+    node has since replaced (its current one is always kept)."""
     raw_cutoff = now - raw_retention
 
     def removed(statement: Any) -> int:
@@ -410,4 +416,20 @@ def prune(
             )
         ),
         receipts=removed(delete(ReportReceipt).where(ReportReceipt.collected_at < raw_cutoff)),
+        audit_entries=0
+        if audit_retention is None
+        else removed(delete(AuditEntry).where(AuditEntry.at < now - audit_retention)),
+        topology_versions=0
+        if topology_retention is None
+        else removed(
+            delete(TopologyVersion).where(
+                TopologyVersion.received_at < now - topology_retention,
+                ~select(Node.name)
+                .where(
+                    Node.name == TopologyVersion.node_name,
+                    Node.topology_fingerprint == TopologyVersion.fingerprint,
+                )
+                .exists(),
+            )
+        ),
     )

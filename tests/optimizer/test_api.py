@@ -338,3 +338,33 @@ def test_reports_must_be_dated_near_the_optimizers_clock(
         [problem] = response.json()["detail"]
         assert problem["loc"] == ["collected_at"]
         assert fragment in problem["msg"]
+
+
+def test_a_flood_of_unauthenticated_requests_writes_one_audit_row_a_minute(
+    client: TestClient, clock: WallClock
+) -> None:
+    engine = client.app.state.stowage.engine  # type: ignore[attr-defined]
+    bad = {"Authorization": "Bearer not-a-known-token-000"}
+    for _ in range(200):
+        assert client.get("/v1/nodes", headers=bad).status_code == 401
+    with Session(engine) as session:
+        assert len(session.scalars(select(AuditEntry)).all()) == 1
+    clock.advance(60)
+    assert client.get("/v1/nodes", headers=bad).status_code == 401
+    with Session(engine) as session:
+        rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
+    assert len(rows) == 2
+    assert "(199 more from testclient in its previous minute)" in rows[1].reason
+    assert rows[1].actor == "anonymous from testclient"
+
+
+def test_an_audited_refusal_with_a_long_path_is_kept_on_every_backend(
+    client: TestClient,
+) -> None:
+    path = "/v1/nodes/" + "n" * 700
+    assert client.get(path, headers={"Authorization": "Bearer x" * 1}).status_code == 401
+    engine = client.app.state.stowage.engine  # type: ignore[attr-defined]
+    with Session(engine) as session:
+        [entry] = session.scalars(select(AuditEntry)).all()
+    assert len(entry.object) == 512
+    assert entry.object.endswith("…")

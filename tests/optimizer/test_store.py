@@ -278,3 +278,61 @@ def test_a_gpu_belongs_to_one_node_until_its_owner_goes_quiet(engine: Engine) ->
     assert moves[0].reason.startswith("from node gpu-node-1 (silent since")
     assert old is not None
     assert old.topology_fingerprint is None  # its next topology report is stored again
+
+
+def test_prune_keeps_the_audit_log_and_replaced_topologies_for_their_retention(
+    engine: Engine,
+) -> None:
+    from optimizer.store.models import AuditEntry
+    from optimizer.store.queries import record_audit
+
+    first = topology_report("gpu-node-1", at=T0 - timedelta(days=40), utils=[0.0] * 8)
+    changed = first.model_copy(update={"driver_version": "999.1", "sequence": 2})
+    gpus = [g.model_copy(update={"power_limit_w": 500.0}) for g in first.gpus]
+    changed = changed.model_copy(update={"gpus": gpus, "collected_at": T0 - timedelta(days=35)})
+    with Session(engine) as session, session.begin():
+        ingest_report(session, first, received_at=first.collected_at)
+        ingest_report(session, changed, received_at=changed.collected_at)
+        for days in (100, 10):
+            record_audit(
+                session,
+                at=T0 - timedelta(days=days),
+                actor="a",
+                verb="v",
+                obj="o",
+                reason="r",
+                outcome="applied",
+            )
+    with Session(engine) as session, session.begin():
+        result = prune(
+            session,
+            now=T0,
+            raw_retention=timedelta(days=2),
+            rollup_5m_retention=timedelta(days=2),
+            rollup_1h_retention=timedelta(days=400),
+            audit_retention=timedelta(days=90),
+            topology_retention=timedelta(days=30),
+        )
+    assert (result.audit_entries, result.topology_versions) == (1, 1)
+    with Session(engine) as session:
+        assert _count(session, AuditEntry) == 1
+        [kept] = session.scalars(select(TopologyVersion)).all()
+        assert kept.fingerprint == changed.topology_fingerprint()  # the current one stays
+
+
+def test_the_longest_names_the_contract_allows_are_stored_on_every_backend(
+    engine: Engine,
+) -> None:
+    """Contract limits equal the columns (Kubernetes' own limits), so SQLite and PostgreSQL
+    accept the same reports."""
+    report = with_process(
+        topology_report("gpu-node-1", at=T0),
+        0,
+        namespace="n" * 63,
+        pod="p" * 253,
+        pod_uid="u" * 64,
+        container="c" * 63,
+        memory_used_bytes=1,
+    )
+    with Session(engine) as session, session.begin():
+        assert ingest_report(session, report, received_at=T0).stored

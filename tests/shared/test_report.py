@@ -175,6 +175,14 @@ REJECTIONS = [
     ("absurd-power", _set("samples.3.power_w", 1.7e308), "samples.3.power_w", "5000"),
     ("absurd-clock", _set("samples.3.sm_clock_hz", 1e12), "samples.3.sm_clock_hz", "10000000000"),
     ("absurd-energy", _set("samples.3.energy_j", 1e300), "samples.3.energy_j", "1000000000000000"),
+    # Kubernetes' limits, equal to the store's columns
+    (
+        "namespace-too-long",
+        _set("samples.1.processes.0.namespace", "n" * 64),
+        "samples.1.processes.0.namespace",
+        "at most 63",
+    ),
+    ("cuda-too-long", _set("cuda_version", "1" * 15 + ".1"), "cuda_version", "at most 16"),
     ("absurd-memory", _set("gpus.3.memory_bytes", 2**60), "gpus.3.memory_bytes", "17592186044416"),
 ]
 
