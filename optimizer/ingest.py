@@ -43,6 +43,12 @@ class IngestOverloadedError(RuntimeError):
     """The ingest queue is full; the caller should retry later."""
 
 
+class IngestTimeoutError(TimeoutError):
+    """The writer did not answer in time (a frozen or slow database). The report may still
+    be stored later; a resend is stored once, so the caller answers 503 and the agent
+    retries."""
+
+
 class ReportNotStorableError(ValueError):
     """The database refused this report's rows (it never reaches the others' transaction)."""
 
@@ -52,6 +58,7 @@ class _Item:
     report: NodeReport
     future: asyncio.Future[IngestResult]
     loop: asyncio.AbstractEventLoop
+    size_bytes: int = 0
 
 
 def _resolve(item: _Item, result: IngestResult | None, error: BaseException | None) -> None:
@@ -76,6 +83,10 @@ class IngestQueue:
         pool_of: a node's pool from its name (settings' ``pools``).
         max_batch: most reports per transaction.
         max_queue: reports waiting before :class:`IngestOverloadedError`.
+        max_queue_bytes: request bytes waiting before :class:`IngestOverloadedError` (so a
+            flood of large reports cannot grow memory without bound).
+        answer_within_s: how long a request waits for its batch before
+            :class:`IngestTimeoutError`.
         move_after: a GPU may move to another node once its owner is silent this long.
     """
 
@@ -88,9 +99,15 @@ class IngestQueue:
         pool_of: Callable[[str], str | None] = lambda _node: None,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int = 10_000,
+        max_queue_bytes: int = 64 * 2**20,
+        answer_within_s: float = 10.0,
         move_after: timedelta = DEFAULT_MOVE_AFTER,
     ) -> None:
         self.move_after = move_after
+        self.max_queue_bytes = max_queue_bytes
+        self.answer_within_s = answer_within_s
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         self.sessions = sessions
         self.clock = clock
         self.observe = observe
@@ -112,28 +129,45 @@ class IngestQueue:
             self._thread.join(timeout=30)
             self._thread = None
 
-    async def submit(self, report: NodeReport) -> IngestResult:
-        """Store ``report``; returns after its batch committed.
+    async def submit(self, report: NodeReport, *, size_bytes: int = 0) -> IngestResult:
+        """Store ``report`` (``size_bytes`` long on the wire); returns after its batch
+        committed.
 
         Raises:
-            IngestOverloadedError: the queue is full.
+            IngestOverloadedError: the queue is full (by count or by bytes).
+            IngestTimeoutError: no answer within ``answer_within_s``.
             TopologyUnknownError: samples for a topology the store lacks.
             ReportNotStorableError: the database refused the report's rows.
             SQLAlchemyError: the database failed the batch (nothing was stored).
         """
         loop = asyncio.get_running_loop()
-        item = _Item(report=report, future=loop.create_future(), loop=loop)
+        item = _Item(report=report, future=loop.create_future(), loop=loop, size_bytes=size_bytes)
+        with self._bytes_lock:
+            if self._queued_bytes + size_bytes > self.max_queue_bytes and self._queued_bytes:
+                raise IngestOverloadedError(f"ingest queue holds {self._queued_bytes} bytes")
+            self._queued_bytes += size_bytes
         try:
             self._queue.put_nowait(item)
         except queue.Full:
+            self._release(item)
             raise IngestOverloadedError("ingest queue full") from None
-        return await item.future
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), self.answer_within_s)
+        except TimeoutError:
+            raise IngestTimeoutError(
+                f"the database did not answer within {self.answer_within_s:g} s"
+            ) from None
+
+    def _release(self, item: _Item) -> None:
+        with self._bytes_lock:
+            self._queued_bytes -= item.size_bytes
 
     def _run(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
                 return
+            self._release(first)
             batch = [first]
             stop = False
             while len(batch) < self.max_batch:
@@ -144,6 +178,7 @@ class IngestQueue:
                 if item is None:
                     stop = True
                     break
+                self._release(item)
                 batch.append(item)
             self._write(batch)
             if stop:

@@ -85,6 +85,16 @@ class OptimizerSettings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = Field(
         default=2 * 2**20, description="Largest accepted request body (413 above)."
     )
+    ingest_queue_bytes: Annotated[int, Field(ge=2**20, le=2**32)] = Field(
+        default=64 * 2**20,
+        description="Report bytes waiting for the writer before 503 (memory stays bounded "
+        "whatever clients send).",
+    )
+    ingest_answer_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=10.0,
+        description="A report not stored within this long is answered 503 with Retry-After "
+        "(a frozen database); the agent resends it, and it is stored once.",
+    )
     retry_after_s: Annotated[int, Field(ge=1, le=3600)] = Field(
         default=5, description="Retry-After sent with 503 when the database is unavailable."
     )

@@ -77,6 +77,8 @@ def create_app(
             observe=observe,
             pool_of=settings.pool_of,
             move_after=timedelta(seconds=settings.gpu_move_after_s),
+            max_queue_bytes=settings.ingest_queue_bytes,
+            answer_within_s=settings.ingest_answer_s,
         ),
     )
     registry.register(health.ClusterCollector(state))

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from optimizer.api.deps import AgentOrAdmin, StateDep, refuse
 from optimizer.api.state import AppState
 from optimizer.auth import Role
-from optimizer.ingest import IngestOverloadedError, ReportNotStorableError
+from optimizer.ingest import IngestOverloadedError, IngestTimeoutError, ReportNotStorableError
 from optimizer.store.reports import GpuOwnedError, TopologyUnknownError
 from shared.report import SUPPORTED_SCHEMA_VERSIONS, NodeReport
 from shared.schema import ReportError, parse_report
@@ -112,7 +112,7 @@ async def post_report(request: Request, state: StateDep, principal: AgentOrAdmin
         )
         raise HTTPException(403, reason)
     try:
-        result = await state.ingest.submit(report)
+        result = await state.ingest.submit(report, size_bytes=len(body))
     except TopologyUnknownError as error:
         state.metrics.reports.labels(outcome="topology_unknown").inc()
         raise HTTPException(412, str(error)) from None
@@ -131,10 +131,13 @@ async def post_report(request: Request, state: StateDep, principal: AgentOrAdmin
     except ReportNotStorableError as error:
         state.metrics.reports.labels(outcome="not_storable").inc()
         raise HTTPException(422, f"the database refused this report: {error}") from None
-    except IngestOverloadedError:
-        state.metrics.reports.labels(outcome="overloaded").inc()
+    except (IngestOverloadedError, IngestTimeoutError) as error:
+        overloaded = isinstance(error, IngestOverloadedError)
+        state.metrics.reports.labels(outcome="overloaded" if overloaded else "timeout").inc()
         raise HTTPException(
-            503, "ingest queue full", headers={"Retry-After": str(state.settings.retry_after_s)}
+            503,
+            f"{error}; retry later (a resend is stored once)",
+            headers={"Retry-After": str(state.settings.retry_after_s)},
         ) from None
     outcome = "stored" if result.stored else "duplicate"
     state.metrics.reports.labels(outcome=outcome).inc()

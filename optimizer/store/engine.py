@@ -34,6 +34,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
+    # a frozen or overloaded server fails a statement in bounded time instead of holding
+    # the single writer (and every request behind it) for ever
+    kwargs.setdefault(
+        "connect_args",
+        {"connect_timeout": 5, "options": "-c statement_timeout=15000 -c lock_timeout=10000"},
+    )
     return create_engine(url, **kwargs)
 
 

@@ -368,3 +368,72 @@ def test_an_audited_refusal_with_a_long_path_is_kept_on_every_backend(
         [entry] = session.scalars(select(AuditEntry)).all()
     assert len(entry.object) == 512
     assert entry.object.endswith("…")
+
+
+def test_a_frozen_database_gives_503_in_bounded_time_and_nothing_is_lost(
+    settings: OptimizerSettings, clock: WallClock, tmp_path: Any
+) -> None:
+    """Another connection holds SQLite's write lock (the database is frozen for writers):
+    the report is answered 503 with Retry-After after STOWAGE_INGEST_ANSWER_S, not when the
+    client gives up; once the lock goes, the report is stored, and its resend is stored
+    once."""
+    import sqlite3
+    import time
+
+    from optimizer.store.models import ReportReceipt
+
+    path = tmp_path / "frozen.db"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    quick = settings.model_copy(update={"ingest_answer_s": 1.0})
+    holder = sqlite3.connect(path, isolation_level=None)
+    report = topology_report(AGENT, at=clock())
+    with TestClient(build_app(quick, engine, clock)) as client:
+        holder.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        frozen = _post(client, report)
+        waited = time.monotonic() - started
+        holder.execute("ROLLBACK")
+        assert frozen.status_code == 503
+        assert frozen.headers["Retry-After"]
+        assert "did not answer within 1 s" in frozen.json()["detail"]
+        assert waited < 10  # bounded by the setting, far below the writer's 30 s busy wait
+        for _ in range(100):  # the writer finishes the batch once the lock is gone
+            with Session(engine) as session:
+                if session.scalars(select(ReportReceipt)).first() is not None:
+                    break
+            time.sleep(0.05)
+        resend = _post(client, report)
+        assert resend.status_code == 200  # already stored: once
+    holder.close()
+    with Session(engine) as session:
+        assert len(session.scalars(select(ReportReceipt)).all()) == 1
+
+
+def test_queued_bytes_are_bounded(
+    settings: OptimizerSettings, clock: WallClock, engine: Any
+) -> None:
+    import asyncio
+
+    from optimizer.ingest import IngestOverloadedError, IngestQueue
+    from optimizer.store.engine import make_session_factory
+
+    writer = IngestQueue(
+        sessions=make_session_factory(engine), clock=clock, max_queue_bytes=3 * 2**20
+    )  # not started: everything stays queued
+
+    async def scenario() -> list[object]:
+        reports = [topology_report(f"gpu-node-{i}", at=clock()) for i in range(4)]
+        tasks = [asyncio.ensure_future(writer.submit(r, size_bytes=2**20)) for r in reports]
+        await asyncio.sleep(0.01)
+        overflow = await asyncio.gather(
+            writer.submit(topology_report("gpu-node-9", at=clock()), size_bytes=2**20),
+            return_exceptions=True,
+        )
+        for task in tasks:
+            task.cancel()
+        return overflow
+
+    [refused] = asyncio.run(scenario())
+    assert isinstance(refused, IngestOverloadedError)
+    assert "bytes" in str(refused)
