@@ -328,7 +328,9 @@ class GpuSample(_Model):
 class NodeReport(_Model):
     """Everything one agent reports about its node in one cycle."""
 
-    schema_version: Annotated[int, Strict()] = SCHEMA_VERSION
+    schema_version: Annotated[
+        int, Strict(), Field(json_schema_extra={"enum": sorted(SUPPORTED_SCHEMA_VERSIONS)})
+    ] = SCHEMA_VERSION
     node_name: Annotated[
         str, StringConstraints(min_length=1, max_length=253, pattern=NODE_NAME_PATTERN)
     ]

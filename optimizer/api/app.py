@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any, Final
 
 import structlog
 from fastapi import FastAPI, Request
@@ -106,8 +107,10 @@ def create_app(
     )
     app.state.stowage = state
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    for module in (reports, nodes, cluster, gpus, gangs, audit, health, webhook):
-        app.include_router(module.router)
+    for module in (reports, nodes, cluster, gpus, gangs, audit):
+        app.include_router(module.router, responses=AUTHENTICATED_RESPONSES)
+    app.include_router(health.router, responses={503: {"description": "Not ready: why."}})
+    app.include_router(webhook.router, responses={413: BODY_LIMIT})
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
@@ -142,6 +145,18 @@ async def _prune_forever(state: AppState) -> None:
             await run_in_threadpool(run_prune, state)
         except Exception:  # retention must never stop the server
             log.exception("prune_failed")
+
+
+BODY_LIMIT: Final[dict[str, Any]] = {
+    "description": "The request body is over STOWAGE_MAX_BODY_BYTES."
+}
+#: What every authenticated route may answer besides its own codes (documented once).
+AUTHENTICATED_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    401: {"description": "No valid bearer token (audited, once a minute per source)."},
+    403: {"description": "The token's role may not call this route (audited)."},
+    413: BODY_LIMIT,
+    503: {"description": "The database is unavailable; nothing was stored. Retry-After."},
+}
 
 
 def run_prune(state: AppState) -> None:

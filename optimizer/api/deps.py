@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Annotated
+from typing import Annotated, Final
 
 import structlog
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -61,11 +62,20 @@ def refuse(state: AppState, request: Request, *, status: int, actor: str, reason
     log.info("request_denied", status=status, actor=actor, path=request.url.path, reason=reason)
 
 
-def require(*roles: Role) -> Callable[[Request, AppState], Principal]:
+#: Declares the bearer scheme in the OpenAPI document (and the Authorize button in /docs);
+#: the token itself is read and checked below, so a missing one is audited like a bad one.
+BEARER: Final = HTTPBearer(auto_error=False, description="An agent, reader or admin token.")
+
+
+def require(*roles: Role) -> Callable[..., Principal]:
     """A dependency admitting callers with one of ``roles`` (admins always)."""
     allowed = {*roles, Role.ADMIN}
 
-    def dependency(request: Request, state: StateDep) -> Principal:
+    def dependency(
+        request: Request,
+        state: StateDep,
+        _declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+    ) -> Principal:
         if state.authenticator is None:
             return Principal(subject="anonymous", role=Role.ADMIN)
         header = request.headers.get("Authorization", "")

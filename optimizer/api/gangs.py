@@ -46,7 +46,7 @@ def list_gangs(
     return {"items": [_view(row) for row in session.scalars(query)]}
 
 
-@router.get("/v1/gangs/{namespace}/{name}")
+@router.get("/v1/gangs/{namespace}/{name}", responses={404: {"description": "No such gang."}})
 def get_gang(session: SessionDep, _: Reader, namespace: str, name: str) -> dict[str, Any]:
     """One gang's status and explanation."""
     row = session.get(GangStatus, (namespace, name))

@@ -16,7 +16,13 @@ router = APIRouter(tags=["gpus"])
 MAX_POINTS: Final = 10_000
 
 
-@router.get("/v1/gpus/{uuid}/samples")
+@router.get(
+    "/v1/gpus/{uuid}/samples",
+    responses={
+        400: {"description": "from after to, or more points than allowed."},
+        404: {"description": "No such GPU."},
+    },
+)
 def samples(
     uuid: str,
     session: SessionDep,

@@ -86,7 +86,7 @@ def nodes(
     }
 
 
-@router.get("/v1/nodes/{name}")
+@router.get("/v1/nodes/{name}", responses={404: {"description": "No such node."}})
 def node(name: str, session: SessionDep, state: StateDep, _: Reader) -> dict[str, Any]:
     """One node in full: host, GPUs, links, latest samples."""
     found = get_node(session, name)

@@ -14,6 +14,10 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from optimizer.api.app import create_app
 from optimizer.settings import OptimizerSettings
@@ -53,7 +57,9 @@ OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
 @given(data=st.data())
 def test_no_input_crashes_the_api(operation: Any, data: st.DataObject) -> None:
     case = data.draw(operation.as_strategy())
-    case.call_and_validate(checks=[not_a_server_error])
+    case.call_and_validate(
+        checks=[not_a_server_error, status_code_conformance, response_schema_conformance]
+    )
 
 
 def test_every_route_is_fuzzed() -> None:
@@ -65,3 +71,14 @@ def test_every_route_is_fuzzed() -> None:
         "GET /v1/cluster/summary",
         "GET /v1/gpus/{uuid}/samples",
     } <= labels
+
+
+def test_the_spec_declares_the_bearer_scheme_and_the_supported_schema_versions() -> None:
+    spec = TestClient(_app()).get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert any(s.get("scheme") == "bearer" for s in schemes.values())
+    assert spec["paths"]["/v1/nodes"]["get"]["security"]
+    version = spec["components"]["schemas"]["NodeReport"]["properties"]["schema_version"]
+    assert version["enum"] == [1]
+    for code in ("401", "403", "409", "412", "413", "422", "503"):
+        assert code in spec["paths"]["/v1/reports"]["post"]["responses"], code
