@@ -85,6 +85,14 @@ class OptimizerSettings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = Field(
         default=2 * 2**20, description="Largest accepted request body (413 above)."
     )
+    report_rate_per_node: Annotated[float, Field(ge=0)] = Field(
+        default=2.0,
+        description="Reports per second one agent may send, sustained (0: unlimited); more "
+        "get 429 with Retry-After, so one node cannot slow the others.",
+    )
+    report_burst_per_node: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=60, description="Reports one agent may send at once (a buffer flush)."
+    )
     ingest_queue_bytes: Annotated[int, Field(ge=2**20, le=2**32)] = Field(
         default=64 * 2**20,
         description="Report bytes waiting for the writer before 503 (memory stays bounded "

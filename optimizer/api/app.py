@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.concurrency import run_in_threadpool
 
 from optimizer.api import audit, cluster, gangs, gpus, health, nodes, reports, webhook
-from optimizer.api.limits import BodyLimit
+from optimizer.api.limits import BodyLimit, TokenBuckets
 from optimizer.api.state import ApiMetrics, AppState
 from optimizer.auth import Authenticator
 from optimizer.ingest import IngestQueue
@@ -72,6 +72,11 @@ def create_app(
         clock=clock,
         registry=registry,
         metrics=metrics,
+        report_buckets=TokenBuckets(
+            rate_per_s=settings.report_rate_per_node, burst=settings.report_burst_per_node
+        )
+        if settings.report_rate_per_node > 0
+        else None,
         ingest=IngestQueue(
             sessions=sessions,
             clock=clock,

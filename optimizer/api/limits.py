@@ -8,6 +8,7 @@ route, authenticated or not, can make the optimizer buffer more than ``limit`` b
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -61,3 +62,31 @@ class BodyLimit:
         ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class TokenBuckets:
+    """A token bucket per key (a node): ``burst`` requests at once, then ``rate_per_s``.
+
+    Thread-safe; the clock is passed in, so tests need no sleeping. Buckets of keys idle long
+    enough to be full again are dropped, so memory follows the active nodes.
+    """
+
+    def __init__(self, *, rate_per_s: float, burst: int) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def take(self, key: str, *, now: float) -> float:
+        """0 when a request may go now (its token taken), else seconds until one may."""
+        with self._lock:
+            tokens, at = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, now)
+                if len(self._buckets) > 100_000:
+                    full = self.burst / self.rate_per_s
+                    self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full}
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate_per_s

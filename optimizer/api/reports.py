@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -77,12 +78,23 @@ def _out_of_window(report: NodeReport, state: AppState) -> str | None:
         },
         412: {"description": "Samples for a topology the optimizer lacks: resend topology."},
         413: {"description": "Body over the size limit."},
+        429: {"description": "This agent reports faster than its rate limit; Retry-After."},
         422: {"description": "The report breaks the contract; every problem with its path."},
         503: {"description": "Database unavailable; retry after Retry-After seconds."},
     },
 )
 async def post_report(request: Request, state: StateDep, principal: AgentOrAdmin) -> JSONResponse:
     """Store one NodeReport (one transaction; a resent report is stored once)."""
+    if state.report_buckets is not None and principal.role is Role.AGENT:
+        wait_s = state.report_buckets.take(principal.subject, now=state.clock().timestamp())
+        if wait_s:
+            state.metrics.reports.labels(outcome="rate_limited").inc()
+            raise HTTPException(
+                429,
+                f"node {principal.subject} reports faster than "
+                f"{state.settings.report_rate_per_node:g}/s; retry later",
+                headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
+            )
     body = await _read_limited(request, state.settings.max_body_bytes)
     try:
         report = parse_report(body)

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from optimizer.api.limits import TokenBuckets
 from optimizer.auth import Authenticator
 from optimizer.ingest import IngestQueue
 from optimizer.settings import OptimizerSettings
@@ -86,3 +87,5 @@ class AppState:
     ingest: IngestQueue
     #: Unauthenticated refusals this minute, by (source, reason): see deps.refuse.
     refusals: RefusalWindow = field(default_factory=RefusalWindow)
+    #: Per-node report rate limits (None: unlimited).
+    report_buckets: TokenBuckets | None = None

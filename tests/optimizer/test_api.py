@@ -437,3 +437,25 @@ def test_queued_bytes_are_bounded(
     [refused] = asyncio.run(scenario())
     assert isinstance(refused, IngestOverloadedError)
     assert "bytes" in str(refused)
+
+
+def test_one_agent_flooding_is_slowed_and_the_others_are_not(
+    settings: OptimizerSettings, clock: WallClock, engine: Any
+) -> None:
+    tight = settings.model_copy(update={"report_rate_per_node": 1.0, "report_burst_per_node": 5})
+    with TestClient(build_app(tight, engine, clock)) as client:
+        first = topology_report(AGENT, at=clock())
+        statuses = [
+            _post(client, samples_report(first, at=clock(), sequence=i + 1)).status_code
+            if i
+            else _post(client, first).status_code
+            for i in range(7)
+        ]
+        assert statuses[:5] == [202] * 5
+        assert statuses[5:] == [429, 429]
+        limited = _post(client, samples_report(first, at=clock(), sequence=19))
+        assert limited.headers["Retry-After"] == "1"
+        other = topology_report("gpu-node-2", at=clock())
+        assert _post(client, other, who="gpu-node-2").status_code == 202  # not slowed
+        clock.advance(1)
+        assert _post(client, samples_report(first, at=clock(), sequence=20)).status_code == 202
