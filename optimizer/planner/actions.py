@@ -199,6 +199,7 @@ class Preempt:
         return decisions
 
     def _for(self, session: Session, job: Job, wait: Wait) -> tuple[Wait, list[Evict]] | None:
+        head = wait.reason.rstrip(".")  # kube-scheduler's sentence ends with a full stop
         bound = session.snapshot.bound
         held = session.snapshot.base.held
         going = [
@@ -226,7 +227,7 @@ class Preempt:
                 return (
                     Wait(
                         job,
-                        f"{wait.reason}; waiting for {len(going)} terminating pod(s) to go",
+                        f"{head}; waiting for {len(going)} terminating pod(s) to go",
                         PREEMPTING,
                     ),
                     [],
@@ -247,7 +248,7 @@ class Preempt:
                 return (
                     Wait(
                         job,
-                        f"{wait.reason}; preempting every lower-priority gang "
+                        f"{head}; preempting every lower-priority gang "
                         f"({len(eligible)}) would not make room",
                         wait.code,
                     ),
@@ -267,7 +268,7 @@ class Preempt:
         ]
         for _, rows in chosen:
             session.evicted.update(rows)
-        reason = f"{wait.reason}; preempting {len(chosen)} lower-priority gang(s): {names}"
+        reason = f"{head}; preempting {len(chosen)} lower-priority gang(s): {names}"
         return Wait(job, reason, PREEMPTING), evictions
 
 
