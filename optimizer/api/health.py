@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,17 +29,34 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(state: StateDep) -> JSONResponse:
-    """Ready when the database answers and its schema is at this version's migration."""
+async def readyz(state: StateDep) -> JSONResponse:
+    """Ready when the database answers, within ``STOWAGE_INGEST_ANSWER_S``, and its schema is
+    at this version's migration. A frozen database gives 503 in bounded time: the check runs
+    on one dedicated thread, and while an earlier check still hangs no new one starts."""
+    unavailable = {"Retry-After": str(state.settings.retry_after_s)}
+    pending = state.readiness_check
+    if pending is not None and not pending.done():
+        return JSONResponse(
+            {"status": "unavailable", "reason": "database: an earlier check still waits"},
+            status_code=503,
+            headers=unavailable,
+        )
+    check = state.readiness_checker.submit(_schema_revision, state)
+    state.readiness_check = check
     try:
-        with state.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        revision = current_revision(state.engine)
+        revision = await asyncio.wait_for(
+            asyncio.wrap_future(check), timeout=state.settings.ingest_answer_s
+        )
+    except TimeoutError:
+        reason = f"database: no answer within {state.settings.ingest_answer_s:g} s"
+        return JSONResponse(
+            {"status": "unavailable", "reason": reason}, status_code=503, headers=unavailable
+        )
     except SQLAlchemyError as error:
         return JSONResponse(
             {"status": "unavailable", "reason": f"database: {type(error).__name__}"},
             status_code=503,
-            headers={"Retry-After": str(state.settings.retry_after_s)},
+            headers=unavailable,
         )
     head = head_revision()
     if revision != head:
@@ -50,6 +68,12 @@ def readyz(state: StateDep) -> JSONResponse:
             status_code=503,
         )
     return JSONResponse({"status": "ready", "schema_revision": revision})
+
+
+def _schema_revision(state: AppState) -> str | None:
+    with state.engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    return current_revision(state.engine)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ClassVar
@@ -89,3 +90,9 @@ class AppState:
     refusals: RefusalWindow = field(default_factory=RefusalWindow)
     #: Per-node report rate limits (None: unlimited).
     report_buckets: TokenBuckets | None = None
+    #: The one thread /readyz asks the database from, and its last check: a frozen database
+    #: holds at most this one thread, never the server's pool.
+    readiness_checker: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="stowage-readyz")
+    )
+    readiness_check: Future[str | None] | None = None
