@@ -77,18 +77,17 @@ def _settings(**overrides: Any) -> AgentSettings:
 
 
 @contextmanager
-def _node(
-    fake_profile: str | None, root: Path, socket: Path, *, node_name: str
-) -> Iterator[tuple[Nvml, Path, Path]]:
-    """NVML, host root and PodResources socket: the real ones or a fake machine's."""
-    if fake_profile is None:
-        yield Nvml(), root, socket
+def _node(settings: AgentSettings) -> Iterator[tuple[Nvml, Path, Path]]:
+    """NVML, host root and PodResources socket: the real ones or a fake machine's (its GPUs
+    named after the settings' node)."""
+    if settings.fake_profile is None:
+        yield Nvml(), settings.host_root, settings.podresources_socket
         return
     try:
-        profile = load_profile(fake_profile)
+        profile = load_profile(settings.fake_profile)
     except ProfileError as error:
         raise _fail(str(error), 1) from None
-    with FakeMachine(profile, node_name=node_name) as machine:
+    with FakeMachine(profile, node_name=settings.node_name) as machine:
         yield Nvml(machine.binding), machine.root, machine.podresources_socket
 
 
@@ -100,12 +99,7 @@ def discover(
 ) -> None:
     """Print one NodeReport of this node (topology and one sample per GPU)."""
     settings = _settings(node_name=node_name, fake_profile=fake_profile)
-    with _node(
-        settings.fake_profile,
-        settings.host_root,
-        settings.podresources_socket,
-        node_name=settings.node_name,
-    ) as (
+    with _node(settings) as (
         nvml,
         root,
         _socket,
@@ -148,12 +142,7 @@ def run(
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with _node(
-        settings.fake_profile,
-        settings.host_root,
-        settings.podresources_socket,
-        node_name=settings.node_name,
-    ) as (
+    with _node(settings) as (
         nvml,
         root,
         socket,

@@ -62,8 +62,8 @@ def refuse(state: AppState, request: Request, *, status: int, actor: str, reason
     log.info("request_denied", status=status, actor=actor, path=request.url.path, reason=reason)
 
 
-#: Declares the bearer scheme in the OpenAPI document (and the Authorize button in /docs);
-#: the token itself is read and checked below, so a missing one is audited like a bad one.
+#: Reads the bearer token and declares the scheme in the OpenAPI document (the Authorize
+#: button in /docs); it never refuses by itself, so a missing token is audited like a bad one.
 BEARER: Final = HTTPBearer(auto_error=False, description="An agent, reader or admin token.")
 
 
@@ -74,18 +74,14 @@ def require(*roles: Role) -> Callable[..., Principal]:
     def dependency(
         request: Request,
         state: StateDep,
-        _declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
     ) -> Principal:
         if state.authenticator is None:
             return Principal(subject="anonymous", role=Role.ADMIN)
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        principal = (
-            state.authenticator.authenticate(token.strip())
-            if scheme.lower() == "bearer" and token.strip()
-            else None
-        )
+        token = bearer.credentials.strip() if bearer is not None else ""
+        principal = state.authenticator.authenticate(token) if token else None
         if principal is None:
+            header = request.headers.get("Authorization", "")
             reason = "no bearer token" if not header else "invalid bearer token"
             refuse(state, request, status=401, actor="anonymous", reason=reason)
             raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})

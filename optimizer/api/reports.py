@@ -27,20 +27,6 @@ _REPORT_BODY: dict[str, Any] = {
 }
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"request body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _out_of_window(report: NodeReport, state: AppState) -> str | None:
     """Why ``collected_at`` is unacceptable by the server's clock, or None: a report from the
     future would stand as a node's latest forever, one older than retention is pruned at
@@ -95,7 +81,7 @@ async def post_report(request: Request, state: StateDep, principal: AgentOrAdmin
                 f"{state.settings.report_rate_per_node:g}/s; retry later",
                 headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
             )
-    body = await _read_limited(request, state.settings.max_body_bytes)
+    body = await request.body()  # bounded by the BodyLimit middleware (413)
     try:
         report = parse_report(body)
     except ReportError as error:

@@ -201,7 +201,7 @@ class GangAdmitter:
         tainted, gone). Returns whether anything was rolled back."""
         now = self._clock()
         nodes = {n.name: n for n in observed.snapshot.nodes}
-        filters = _kube_filters(self._config)
+        filters = _filters(self._config)
         rolled = False
         refusals: dict[str, list[dict[str, Any]]] | None = None
         for key, view in observed.gangs.items():
@@ -296,5 +296,6 @@ def _refused(
     return None
 
 
-def _kube_filters(config: CycleConfig) -> list[Filter]:
+def _filters(config: CycleConfig) -> list[Filter]:
+    """The configured filters (static_mask keeps Kubernetes' own for a pod it places)."""
     return [FILTERS.get_or_raise(name) for name in config.filters]

@@ -111,7 +111,7 @@ class Committer:
         """Carry out ``plan``; one outcome per managed gang it concerns."""
         now = self._clock()
         self._groups = observed.groups
-        outcomes = [o for o in (self._invalid(i, observed) for i in plan.invalid) if o]
+        outcomes = [o for o in (self._invalid(i) for i in plan.invalid) if o]
         refused = self._evict(plan.evict, plan.cycle_id)
         for admit in plan.admit:
             outcomes.append(self._admit(admit, observed, now))
@@ -137,7 +137,7 @@ class Committer:
 
     # -- invalid objects -------------------------------------------------------------------
 
-    def _invalid(self, invalid: Invalid, observed: Observed) -> Outcome | None:
+    def _invalid(self, invalid: Invalid) -> Outcome | None:
         """Explain a left-out object once per reason: an ``InvalidGang`` event and an outcome
         for a pod Stowage was to place, an ``InvalidPod`` event for another pod (its
         request is not counted), a log line for the rest."""

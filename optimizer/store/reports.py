@@ -129,9 +129,11 @@ def ingest_report(
         session.add(node)
     changed = False
     if report.is_topology_report:
-        _claim_gpus(session, report, received_at=received_at, move_after=move_after)
         fingerprint = report.topology_fingerprint()
         if fingerprint != node.topology_fingerprint:
+            # an unchanged topology claims nothing new: a move away from this node clears
+            # its fingerprint, so its next topology report is checked here again
+            _claim_gpus(session, report, received_at=received_at, move_after=move_after)
             _store_topology(session, report, fingerprint=fingerprint, received_at=received_at)
             node.topology_fingerprint = fingerprint
             node.host = report.host.model_dump(mode="json") if report.host else None

@@ -103,6 +103,14 @@ def _gang_pods(fake: FakeApiServer, gang: str = "train") -> list[dict[str, Any]]
     )
 
 
+def _nodes_and_a_gang_of_two(fake: FakeApiServer, *nodes: str) -> None:
+    """Free 8-GPU ``nodes`` and the gated gang ``train`` of two 8-GPU pods."""
+    for name in nodes:
+        fake.put("v1/nodes", _node(name))
+    for i in range(2):
+        fake.put("v1/pods", _pod(f"train-{i}"))
+
+
 def _outcome(outcomes: list[Any], gang: str = "train") -> Any:
     [found] = [o for o in outcomes if o.gang == gang]
     return found
@@ -333,10 +341,7 @@ def test_gang_status_follows_the_pods_and_is_collected_after_the_retention(
     server: tuple[FakeApiServer, KubeApi], engine: Engine
 ) -> None:
     fake, api = server
-    for name in ("a1", "a2"):
-        fake.put("v1/nodes", _node(name))
-    for i in range(2):
-        fake.put("v1/pods", _pod(f"train-{i}"))
+    _nodes_and_a_gang_of_two(fake, "a1", "a2")
     clock = WallClock()
     admitter = _admitter(api, engine, clock, retention=timedelta(hours=1))
     assert _outcome(admitter.cycle()).phase == ADMITTED
@@ -361,10 +366,7 @@ def _admit_two_of_three(
     fake: FakeApiServer, api: KubeApi, engine: Engine, clock: WallClock
 ) -> GangAdmitter:
     """Three free nodes; a gang of two admitted (pinned and released, not yet bound)."""
-    for name in ("a1", "a2", "a3"):
-        fake.put("v1/nodes", _node(name))
-    for i in range(2):
-        fake.put("v1/pods", _pod(f"train-{i}"))
+    _nodes_and_a_gang_of_two(fake, "a1", "a2", "a3")
     admitter = _admitter(api, engine, clock)
     admitter.cycle()
     return admitter
@@ -400,10 +402,7 @@ def test_a_pin_left_unbound_past_the_deadline_rolls_the_gang_back(
     server: tuple[FakeApiServer, KubeApi], engine: Engine
 ) -> None:
     fake, api = server
-    for name in ("a1", "a2"):
-        fake.put("v1/nodes", _node(name))
-    for i in range(2):
-        fake.put("v1/pods", _pod(f"train-{i}"))
+    _nodes_and_a_gang_of_two(fake, "a1", "a2")
     clock = WallClock()
     admitter = _admitter(api, engine, clock, bind_deadline=timedelta(minutes=5))
     admitter.cycle()
@@ -488,10 +487,7 @@ def test_no_new_gang_goes_to_a_node_whose_agent_went_stale(
     server: tuple[FakeApiServer, KubeApi], engine: Engine
 ) -> None:
     fake, api = server
-    for name in ("a1", "a2", "a3"):
-        fake.put("v1/nodes", _node(name))
-    for i in range(2):
-        fake.put("v1/pods", _pod(f"train-{i}"))
+    _nodes_and_a_gang_of_two(fake, "a1", "a2", "a3")
     admitter = _admitter(api, engine, WallClock(), stale=lambda: {"a1"})
     assert _outcome(admitter.cycle()).phase == ADMITTED
     assert sorted(pinned_node(p) or "" for p in _gang_pods(fake)) == ["a2", "a3"]

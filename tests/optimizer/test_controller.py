@@ -38,17 +38,22 @@ def _settings(tmp_path: Path, identity: str) -> OptimizerSettings:
     )
 
 
-def test_only_the_leader_mutates_and_the_other_takes_over(
-    cluster: tuple[FakeApiServer, KubeApi], engine: Engine, tmp_path: Path
-) -> None:
-    server, api = cluster
-    clock = WallClock()
+def _agent_reports(engine: Engine, clock: WallClock) -> None:
+    """gpu-1's agent reports its DGX H100 topology now."""
     with Session(engine) as session, session.begin():
         ingest_report(
             session,
             build_report(DGX_H100, node_name="gpu-1", collected_at=clock()),
             received_at=clock(),
         )
+
+
+def test_only_the_leader_mutates_and_the_other_takes_over(
+    cluster: tuple[FakeApiServer, KubeApi], engine: Engine, tmp_path: Path
+) -> None:
+    server, api = cluster
+    clock = WallClock()
+    _agent_reports(engine, clock)
     a = Controller(api, engine, _settings(tmp_path, "replica-a"), clock=clock)
     b = Controller(api, engine, _settings(tmp_path, "replica-b"), clock=clock)
     assert a.step()
@@ -61,12 +66,7 @@ def test_only_the_leader_mutates_and_the_other_takes_over(
         {"metadata": {"labels": {NODE_GPU_COUNT: None}}}
     )
     clock.advance(5)
-    with Session(engine) as session, session.begin():
-        ingest_report(
-            session,
-            build_report(DGX_H100, node_name="gpu-1", collected_at=clock()),
-            received_at=clock(),
-        )
+    _agent_reports(engine, clock)
     assert not b.step()
     assert a.step()
     with Session(engine) as session:
@@ -77,12 +77,7 @@ def test_only_the_leader_mutates_and_the_other_takes_over(
     server.objects["v1/nodes", None, "gpu-1"].patch(
         {"metadata": {"labels": {NODE_GPU_COUNT: None}}}
     )
-    with Session(engine) as session, session.begin():
-        ingest_report(
-            session,
-            build_report(DGX_H100, node_name="gpu-1", collected_at=clock()),
-            received_at=clock(),
-        )
+    _agent_reports(engine, clock)
     assert b.step()
     with Session(engine) as session:
         assert audit_entries(session)[0]["actor"] == "replica-b"
@@ -100,12 +95,7 @@ def test_a_node_whose_agent_went_quiet_is_stale_for_the_planner(
 ) -> None:
     _, api = cluster
     clock = WallClock()
-    with Session(engine) as session, session.begin():
-        ingest_report(
-            session,
-            build_report(DGX_H100, node_name="gpu-1", collected_at=clock()),
-            received_at=clock(),
-        )
+    _agent_reports(engine, clock)
     controller = Controller(api, engine, _settings(tmp_path, "replica-a"), clock=clock)
     assert controller.stale() == set()
     assert set(controller.reports()) == {"gpu-1"}
