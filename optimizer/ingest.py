@@ -1,13 +1,16 @@
 """Group commit for report ingest: one writer thread, one transaction per batch.
 
 Every request's report goes onto a queue; one writer takes whatever is waiting (up to
-``max_batch``), stores each report inside its own SAVEPOINT of one transaction and commits
-once. A report that fails (unknown topology, GPUs owned by another node, values a statement
-cannot take) rolls back only its savepoint and is answered with its own error; the others
-are committed. Requests are answered only after the commit, so an acknowledged
-report is durable; if the commit fails, every report of the batch gets the error and none
-is stored. One writer also means SQLite never busy-waits on its own lock, and PostgreSQL
-does one commit (one WAL flush) per batch instead of per report.
+``max_batch``) and commits it as one transaction: each topology report in its own SAVEPOINT,
+then all samples reports together in one statement per table (``store_samples_batch``).
+A report that fails (unknown topology, GPUs owned by another node, values a statement
+cannot take) is answered with its own error and the others are committed: if a samples
+report breaks the batch's statements, the samples are stored again report by report, each
+in its own SAVEPOINT, so that it fails alone. Requests are answered only after the
+commit, so an acknowledged report is durable; if the commit fails, every report of the
+batch gets the error and none is stored. One writer also means SQLite never busy-waits on
+its own lock, and PostgreSQL does one commit (one WAL flush) per batch instead of per
+report.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import structlog
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
+from optimizer.store.batch import store_samples_batch
 from optimizer.store.reports import (
     DEFAULT_MOVE_AFTER,
     GpuOwnedError,
@@ -190,38 +194,12 @@ class IngestQueue:
         try:
             with self.sessions.begin() as session:
                 received_at = self.clock()
+                samples = [item for item in batch if not item.report.is_topology_report]
                 for item in batch:
-                    try:
-                        with session.begin_nested():
-                            result = ingest_report(
-                                session,
-                                item.report,
-                                received_at=received_at,
-                                pool=self.pool_of(item.report.node_name),
-                                move_after=self.move_after,
-                            )
-                        outcomes.append((item, result, None))
-                    except (TopologyUnknownError, GpuOwnedError) as error:
-                        outcomes.append((item, None, error))
-                    except (OperationalError, DBAPIError) as error:
-                        if error.connection_invalidated or isinstance(error, OperationalError):
-                            raise  # the database itself failed: the whole batch fails
-                        log.error(
-                            "report_not_storable",
-                            node=item.report.node_name,
-                            error=type(error).__name__,
-                        )
-                        outcomes.append((item, None, ReportNotStorableError(type(error).__name__)))
-                    except (StatementError, ValueError, TypeError, ArithmeticError) as error:
-                        # this report's values broke a statement (its savepoint is rolled
-                        # back): it fails alone, the rest of the batch goes on
-                        log.error(
-                            "report_not_storable",
-                            node=item.report.node_name,
-                            error=f"{type(error).__name__}: {error}",
-                        )
-                        message = f"{type(error).__name__}: {error}"[:200]
-                        outcomes.append((item, None, ReportNotStorableError(message)))
+                    if item.report.is_topology_report:
+                        outcomes.append(self._store_one(session, item, received_at))
+                if samples:
+                    outcomes.extend(self._store_samples(session, samples, received_at))
         except SQLAlchemyError as error:
             log.error("ingest_batch_failed", reports=len(batch), error=type(error).__name__)
             for item in batch:
@@ -236,3 +214,57 @@ class IngestQueue:
         self.observe(elapsed / len(batch), len(batch))
         for done, outcome, failure in outcomes:
             _resolve(done, outcome, failure)
+
+    def _store_samples(
+        self, session: Session, items: list[_Item], received_at: datetime
+    ) -> list[tuple[_Item, IngestResult | None, BaseException | None]]:
+        """All samples reports of the batch in a few statements; if one of them breaks a
+        statement, report by report (so that it fails alone)."""
+        try:
+            with session.begin_nested():
+                results = store_samples_batch(
+                    session.connection(),
+                    [item.report for item in items],
+                    [self.pool_of(item.report.node_name) for item in items],
+                    received_at=received_at,
+                )
+        except (OperationalError, DBAPIError) as error:
+            if error.connection_invalidated or isinstance(error, OperationalError):
+                raise  # the database itself failed: the whole batch fails
+            log.warning("ingest_batch_split", reports=len(items), error=type(error).__name__)
+        except (StatementError, ValueError, TypeError, ArithmeticError) as error:
+            log.warning("ingest_batch_split", reports=len(items), error=type(error).__name__)
+        else:
+            return [
+                (item, result, None) if isinstance(result, IngestResult) else (item, None, result)
+                for item, result in zip(items, results, strict=True)
+            ]
+        return [self._store_one(session, item, received_at) for item in items]
+
+    def _store_one(
+        self, session: Session, item: _Item, received_at: datetime
+    ) -> tuple[_Item, IngestResult | None, BaseException | None]:
+        """One report in its own SAVEPOINT: its failure rolls back only its own rows."""
+        try:
+            with session.begin_nested():
+                result = ingest_report(
+                    session,
+                    item.report,
+                    received_at=received_at,
+                    pool=self.pool_of(item.report.node_name),
+                    move_after=self.move_after,
+                )
+            return (item, result, None)
+        except (TopologyUnknownError, GpuOwnedError) as error:
+            return (item, None, error)
+        except (OperationalError, DBAPIError) as error:
+            if error.connection_invalidated or isinstance(error, OperationalError):
+                raise  # the database itself failed: the whole batch fails
+            log.error("report_not_storable", node=item.report.node_name, error=type(error).__name__)
+            return (item, None, ReportNotStorableError(type(error).__name__))
+        except (StatementError, ValueError, TypeError, ArithmeticError) as error:
+            # this report's values broke a statement (its savepoint is rolled back): it
+            # fails alone, the rest of the batch goes on
+            message = f"{type(error).__name__}: {error}"
+            log.error("report_not_storable", node=item.report.node_name, error=message)
+            return (item, None, ReportNotStorableError(message[:200]))

@@ -23,7 +23,7 @@ from optimizer.store.models import (
     Sample,
     TopologyVersion,
 )
-from optimizer.store.reports import ROLLUP_LEVELS, bucket_start
+from optimizer.store.samples import ROLLUP_LEVELS, bucket_start
 from optimizer.summary import GpuState
 from shared.report import NodeReport
 

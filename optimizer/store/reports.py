@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from functools import cache
+from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Table, bindparam, delete, func, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -29,16 +28,8 @@ from optimizer.store.models import (
     TopologyVersion,
     WorkloadUsage,
 )
-from shared.report import GpuSample, NodeReport
-
-#: Rollup levels and their bucket sizes.
-ROLLUP_LEVELS: Final = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1)}
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-# Core tables for the hot path: executemany without ORM bookkeeping.
-_GPUS: Final[Table] = Gpu.__table__  # type: ignore[assignment]
-_ROLLUPS: Final[Table] = Rollup.__table__  # type: ignore[assignment]
-_SAMPLES: Final[Table] = Sample.__table__  # type: ignore[assignment]
-_USAGE: Final[Table] = WorkloadUsage.__table__  # type: ignore[assignment]
+from optimizer.store.samples import write_samples
+from shared.report import NodeReport
 
 
 class TopologyUnknownError(LookupError):
@@ -73,13 +64,6 @@ def _insert(session: Session, table: Any) -> postgresql.Insert | sqlite.Insert:
     if dialect == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
-
-
-def bucket_start(at: datetime, size: timedelta) -> datetime:
-    """The start of the ``size`` bucket containing ``at`` (aligned to the Unix epoch)."""
-    seconds = int(size.total_seconds())
-    offset = int((at - _EPOCH).total_seconds()) // seconds * seconds
-    return _EPOCH + timedelta(seconds=offset)
 
 
 def ingest_report(
@@ -253,124 +237,7 @@ def _store_samples(session: Session, report: NodeReport) -> None:
             f"node {report.node_name} reported samples for GPUs not in its topology: "
             + ", ".join(missing)
         )
-    at = report.collected_at
-    connection = session.connection()
-    connection.execute(
-        _SAMPLES.insert(),
-        [
-            {
-                "gpu_uuid": s.gpu_uuid,
-                "node_name": report.node_name,
-                "at": at,
-                "util_ratio": s.util_ratio,
-                "memory_used_bytes": s.memory_used_bytes,
-                "power_w": s.power_w,
-                "energy_j": s.energy_j,
-                "temperature_c": s.temperature_c,
-                "sm_clock_hz": s.sm_clock_hz,
-                "process_count": len(s.processes),
-                "xid_total": s.xid_total,
-            }
-            for s in report.samples
-        ],
-    )
-    usage = [
-        {
-            "at": at,
-            "node_name": report.node_name,
-            "gpu_uuid": s.gpu_uuid,
-            "namespace": p.namespace,
-            "pod": p.pod,
-            "pod_uid": p.pod_uid,
-            "container": p.container,
-            "pid": p.pid,
-            "memory_used_bytes": p.memory_used_bytes,
-        }
-        for s in report.samples
-        for p in s.processes
-    ]
-    if usage:
-        connection.execute(_USAGE.insert(), usage)
-    _update_latest(session, report.samples, at=at)
-    _update_rollups(session, report.samples, at=at)
-
-
-#: One statement for all of a report's GPUs (executemany); a late report never overwrites.
-_UPDATE_LATEST: Final = (
-    update(_GPUS)
-    .where(_GPUS.c.uuid == bindparam("b_uuid"))
-    .where(or_(_GPUS.c.latest_at.is_(None), _GPUS.c.latest_at <= bindparam("b_at")))
-    .values(
-        latest_at=bindparam("b_at"),
-        latest_util_ratio=bindparam("b_util"),
-        latest_memory_used_bytes=bindparam("b_memory"),
-        latest_power_w=bindparam("b_power"),
-        latest_energy_j=bindparam("b_energy"),
-        latest_temperature_c=bindparam("b_temperature"),
-        latest_process_count=bindparam("b_processes"),
-        latest_sample=bindparam("b_sample", type_=_GPUS.c.latest_sample.type),
-    )
-)
-
-
-def _update_latest(session: Session, samples: Sequence[GpuSample], *, at: datetime) -> None:
-    session.connection().execute(
-        _UPDATE_LATEST,
-        [
-            {
-                "b_uuid": s.gpu_uuid,
-                "b_at": at,
-                "b_util": s.util_ratio,
-                "b_memory": s.memory_used_bytes,
-                "b_power": s.power_w,
-                "b_energy": s.energy_j,
-                "b_temperature": s.temperature_c,
-                "b_processes": len(s.processes),
-                "b_sample": s.model_dump(mode="json"),
-            }
-            for s in samples
-        ],
-    )
-
-
-@cache
-def _rollup_upsert(dialect: str) -> postgresql.Insert | sqlite.Insert:
-    """The rollup upsert for ``dialect``, built once."""
-    statement = postgresql.insert(_ROLLUPS) if dialect == "postgresql" else sqlite.insert(_ROLLUPS)
-    greatest = func.greatest if dialect == "postgresql" else func.max
-    excluded, current = statement.excluded, _ROLLUPS.c
-    return statement.on_conflict_do_update(
-        index_elements=[current.gpu_uuid, current.level, current.bucket_start],
-        set_={
-            "samples": current.samples + excluded.samples,
-            "util_sum": current.util_sum + excluded.util_sum,
-            "util_max": greatest(current.util_max, excluded.util_max),
-            "memory_used_sum": current.memory_used_sum + excluded.memory_used_sum,
-            "memory_used_max": greatest(current.memory_used_max, excluded.memory_used_max),
-            "power_sum_w": current.power_sum_w + excluded.power_sum_w,
-            "temperature_max_c": greatest(current.temperature_max_c, excluded.temperature_max_c),
-        },
-    )
-
-
-def _update_rollups(session: Session, samples: Sequence[GpuSample], *, at: datetime) -> None:
-    rows = [
-        {
-            "gpu_uuid": s.gpu_uuid,
-            "level": level,
-            "bucket_start": bucket_start(at, size),
-            "samples": 1,
-            "util_sum": s.util_ratio or 0.0,
-            "util_max": s.util_ratio or 0.0,
-            "memory_used_sum": float(s.memory_used_bytes or 0),
-            "memory_used_max": s.memory_used_bytes or 0,
-            "power_sum_w": s.power_w or 0.0,
-            "temperature_max_c": s.temperature_c or 0.0,
-        }
-        for level, size in ROLLUP_LEVELS.items()
-        for s in samples
-    ]
-    session.connection().execute(_rollup_upsert(session.get_bind().dialect.name), rows)
+    write_samples(session.connection(), [report])
 
 
 @dataclass(frozen=True)

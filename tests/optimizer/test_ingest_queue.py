@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from optimizer.ingest import IngestOverloadedError, IngestQueue
 from optimizer.store.engine import make_engine, make_session_factory
 from optimizer.store.models import ReportReceipt, Sample
-from optimizer.store.reports import TopologyUnknownError
+from optimizer.store.reports import TopologyUnknownError, ingest_report
 from tests.optimizer.reports import samples_report, topology_report
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -111,3 +111,42 @@ def test_poisoned_reports_fail_alone_and_every_good_one_is_acknowledged(engine: 
         r for r in good if not hasattr(r, "stored")
     ][:2]
     assert _count(engine, ReportReceipt) == 40
+
+
+def test_a_poisoned_samples_report_fails_alone_in_a_batch_of_samples(engine: Engine) -> None:
+    """Samples reports are stored together; when one breaks the batch's statements, the
+    batch is stored again report by report and only that one fails."""
+    from datetime import timedelta, timezone
+
+    from optimizer.ingest import ReportNotStorableError
+
+    sessions = make_session_factory(engine)
+    topologies = [topology_report(f"gpu-node-{i}", at=T0) for i in range(20)]
+    with sessions.begin() as session:
+        for report in topologies:
+            ingest_report(session, report, received_at=T0)
+    batches: list[int] = []
+    writer = IngestQueue(
+        sessions=sessions, clock=lambda: T0, max_batch=64, observe=lambda _s, n: batches.append(n)
+    )
+    edge = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-14)))
+    reports = [
+        samples_report(t, at=edge if i % 7 == 3 else T0 + timedelta(seconds=10), sequence=2)
+        for i, t in enumerate(topologies)
+    ]
+
+    async def scenario() -> list[object]:
+        tasks = [asyncio.ensure_future(writer.submit(r)) for r in reports]
+        await asyncio.sleep(0)
+        writer.start()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    writer.stop()
+    assert batches == [20]
+    for i, result in enumerate(results):
+        if i % 7 == 3:
+            assert isinstance(result, ReportNotStorableError), result
+        else:
+            assert getattr(result, "stored", False), result
+    assert _count(engine, Sample) == 8 * (20 + 17)  # the topologies' samples and the good ones

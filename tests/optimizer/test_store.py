@@ -22,7 +22,8 @@ from optimizer.store.models import (
     WorkloadUsage,
 )
 from optimizer.store.queries import choose_source, get_node, gpu_series, list_nodes
-from optimizer.store.reports import TopologyUnknownError, bucket_start, ingest_report, prune
+from optimizer.store.reports import TopologyUnknownError, ingest_report, prune
+from optimizer.store.samples import bucket_start
 from shared.report import GpuHealth
 from tests.optimizer.reports import later, samples_report, topology_report, with_process
 

@@ -1,0 +1,455 @@
+"""Writing samples rows: raw samples, per-pod usage, each GPU's latest view and the rollups.
+
+:func:`write_samples` writes the rows of any number of samples reports in one statement per
+table, whatever their number: on PostgreSQL a multi-row statement over ``unnest`` of one
+array per column, on SQLite one ``executemany`` (in-process, a row costs microseconds). The
+rollups are aggregated per GPU and bucket first and each GPU's latest view is taken from its
+newest sample, so no statement touches a row twice, and rows are written in key order so
+that two optimizer replicas writing at once take their row locks in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any, Final
+
+from sqlalchemy import Connection, Table, bindparam, case, func, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from optimizer.store.models import Gpu, Node, ReportReceipt, Rollup, Sample, WorkloadUsage
+from shared.report import NodeReport
+
+#: Rollup levels and their bucket sizes.
+ROLLUP_LEVELS: Final = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1)}
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+_NODES: Final[Table] = Node.__table__  # type: ignore[assignment]
+_GPUS: Final[Table] = Gpu.__table__  # type: ignore[assignment]
+_RECEIPTS: Final[Table] = ReportReceipt.__table__  # type: ignore[assignment]
+_ROLLUPS: Final[Table] = Rollup.__table__  # type: ignore[assignment]
+_SAMPLES: Final[Table] = Sample.__table__  # type: ignore[assignment]
+_USAGE: Final[Table] = WorkloadUsage.__table__  # type: ignore[assignment]
+
+#: A report's receipt key: (node, sequence, collected_at).
+Key = tuple[str, int, datetime]
+Row = tuple[Any, ...]
+
+_SAMPLE_COLUMNS: Final = (
+    "gpu_uuid",
+    "node_name",
+    "at",
+    "util_ratio",
+    "memory_used_bytes",
+    "power_w",
+    "energy_j",
+    "temperature_c",
+    "sm_clock_hz",
+    "process_count",
+    "xid_total",
+)
+_USAGE_COLUMNS: Final = (
+    "at",
+    "node_name",
+    "gpu_uuid",
+    "namespace",
+    "pod",
+    "pod_uid",
+    "container",
+    "pid",
+    "memory_used_bytes",
+)
+_ROLLUP_COLUMNS: Final = (
+    "gpu_uuid",
+    "level",
+    "bucket_start",
+    "samples",
+    "util_sum",
+    "util_max",
+    "memory_used_sum",
+    "memory_used_max",
+    "power_sum_w",
+    "temperature_max_c",
+)
+_LATEST_COLUMNS: Final = (
+    "uuid",
+    "at",
+    "util",
+    "memory",
+    "power",
+    "energy",
+    "temperature",
+    "processes",
+    "sample",
+)
+_NODE_COLUMNS: Final = ("name", "collected_at", "sequence", "agent_version", "pool")
+
+
+def bucket_start(at: datetime, size: timedelta) -> datetime:
+    """The start of the ``size`` bucket containing ``at`` (aligned to the Unix epoch)."""
+    seconds = int(size.total_seconds())
+    offset = int((at - _EPOCH).total_seconds()) // seconds * seconds
+    return _EPOCH + timedelta(seconds=offset)
+
+
+def report_key(report: NodeReport) -> Key:
+    """The key of ``report``'s receipt (a resend has the same key)."""
+    return (report.node_name, report.sequence, report.collected_at)
+
+
+def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None:
+    """Write the samples, usage, latest views and rollups of ``reports`` (whose receipts are
+    new and whose GPUs are their nodes') in the caller's transaction."""
+    samples: list[Row] = []
+    usage: list[Row] = []
+    latest: dict[str, tuple[datetime, Any]] = {}
+    rollups: dict[tuple[str, str, datetime], list[Any]] = {}
+    for report in reports:
+        at, node = report.collected_at, report.node_name
+        buckets = [(level, bucket_start(at, size)) for level, size in ROLLUP_LEVELS.items()]
+        for s in report.samples:
+            samples.append(
+                (
+                    s.gpu_uuid,
+                    node,
+                    at,
+                    s.util_ratio,
+                    s.memory_used_bytes,
+                    s.power_w,
+                    s.energy_j,
+                    s.temperature_c,
+                    s.sm_clock_hz,
+                    len(s.processes),
+                    s.xid_total,
+                )
+            )
+            usage.extend(
+                (
+                    at,
+                    node,
+                    s.gpu_uuid,
+                    p.namespace,
+                    p.pod,
+                    p.pod_uid,
+                    p.container,
+                    p.pid,
+                    p.memory_used_bytes,
+                )
+                for p in s.processes
+            )
+            kept = latest.get(s.gpu_uuid)
+            if kept is None or at >= kept[0]:  # a late report never overwrites
+                latest[s.gpu_uuid] = (at, s)
+            util = s.util_ratio or 0.0
+            memory = s.memory_used_bytes or 0
+            power = s.power_w or 0.0
+            temperature = s.temperature_c or 0.0
+            for level, start in buckets:
+                row = rollups.get((s.gpu_uuid, level, start))
+                if row is None:
+                    rollups[(s.gpu_uuid, level, start)] = [
+                        1,
+                        util,
+                        util,
+                        float(memory),
+                        memory,
+                        power,
+                        temperature,
+                    ]
+                else:
+                    row[0] += 1
+                    row[1] += util
+                    row[2] = max(row[2], util)
+                    row[3] += float(memory)
+                    row[4] = max(row[4], memory)
+                    row[5] += power
+                    row[6] = max(row[6], temperature)
+    if not samples:
+        return
+    writer = writer_for(connection)
+    samples.sort(key=lambda row: (row[0], row[2]))
+    writer.insert(_SAMPLES, _SAMPLE_COLUMNS, samples)
+    if usage:
+        usage.sort(key=lambda row: (row[2], row[0], row[7]))
+        writer.insert(_USAGE, _USAGE_COLUMNS, usage)
+    writer.latest(
+        [
+            (
+                uuid,
+                at,
+                s.util_ratio,
+                s.memory_used_bytes,
+                s.power_w,
+                s.energy_j,
+                s.temperature_c,
+                len(s.processes),
+                s.model_dump(mode="json"),
+            )
+            for uuid, (at, s) in sorted(latest.items())
+        ]
+    )
+    writer.rollups([(*key, *values) for key, values in sorted(rollups.items())])
+
+
+def advance_nodes(
+    connection: Connection,
+    reports: Sequence[NodeReport],
+    pools: Sequence[str | None],
+    *,
+    received_at: datetime,
+) -> None:
+    """Move each node's progress forward for its samples ``reports``: last seen, and the
+    newest report's collected_at, sequence and agent version (a late report never moves
+    them back); ``pools[i]`` is report i's node pool."""
+    newest: dict[str, tuple[datetime, NodeReport, str | None]] = {}
+    for report, pool in zip(reports, pools, strict=True):
+        seen = newest.get(report.node_name)
+        if seen is None or report.collected_at >= seen[0]:
+            newest[report.node_name] = (report.collected_at, report, pool)
+    writer_for(connection).nodes(
+        [
+            (name, at, report.sequence, report.agent_version, pool)
+            for name, (at, report, pool) in sorted(newest.items())
+        ],
+        received_at=received_at,
+    )
+
+
+def stored_receipts(connection: Connection, keys: Sequence[Key]) -> set[Key]:
+    """Those of ``keys`` whose report is stored already (a resend)."""
+    if not keys:
+        return set()
+    c = _RECEIPTS.c
+    return {
+        (name, sequence, at)
+        for name, sequence, at in connection.execute(
+            select(c.node_name, c.sequence, c.collected_at).where(
+                tuple_(c.node_name, c.sequence).in_(sorted({(n, s) for n, s, _ in keys}))
+            )
+        )
+        if (name, sequence, at) in set(keys)
+    }
+
+
+def writer_for(connection: Connection) -> _Postgres | _Sqlite:
+    """The row writer for ``connection``'s database."""
+    return _Postgres(connection) if connection.dialect.name == "postgresql" else _Sqlite(connection)
+
+
+class _Postgres:
+    """One statement per table over ``unnest`` of one array per column."""
+
+    _TYPES: Final = {
+        "sequence": "bigint",
+        "pid": "bigint",
+        "xid_total": "bigint",
+        "memory_used_bytes": "bigint",
+        "memory_used_max": "bigint",
+        "memory": "bigint",
+        "process_count": "integer",
+        "processes": "integer",
+        "samples": "integer",
+        "at": "timestamptz",
+        "collected_at": "timestamptz",
+        "bucket_start": "timestamptz",
+        "util_ratio": "float8",
+        "power_w": "float8",
+        "energy_j": "float8",
+        "temperature_c": "float8",
+        "sm_clock_hz": "float8",
+        "util_sum": "float8",
+        "util_max": "float8",
+        "memory_used_sum": "float8",
+        "power_sum_w": "float8",
+        "temperature_max_c": "float8",
+        "util": "float8",
+        "power": "float8",
+        "energy": "float8",
+        "temperature": "float8",
+    }
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def _unnest(self, columns: Sequence[str], rows: Sequence[Row]) -> tuple[str, dict[str, Any]]:
+        arrays = ", ".join(
+            f"%(c{i})b::{self._TYPES.get(name, 'text')}[]" for i, name in enumerate(columns)
+        )
+        params = {f"c{i}": [row[i] for row in rows] for i in range(len(columns))}
+        return f"unnest({arrays}) AS v({', '.join(columns)})", params
+
+    def receipts(self, keys: Sequence[Key], *, received_at: datetime) -> set[Key]:
+        """Insert the receipts of ``keys``; returns those that were new (another replica
+        may have stored one since the caller looked)."""
+        if not keys:
+            return set()
+        source, params = self._unnest(("node_name", "sequence", "collected_at"), keys)
+        params["received_at"] = received_at
+        rows = self.connection.exec_driver_sql(
+            "INSERT INTO report_receipts (node_name, sequence, collected_at, received_at) "
+            f"SELECT v.node_name, v.sequence, v.collected_at, %(received_at)s FROM {source} "
+            "ON CONFLICT DO NOTHING RETURNING node_name, sequence, collected_at",
+            params,
+        )
+        return {(name, sequence, at.astimezone(UTC)) for name, sequence, at in rows}
+
+    def insert(self, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> None:
+        source, params = self._unnest(columns, rows)
+        names = ", ".join(columns)
+        self.connection.exec_driver_sql(
+            f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {source}", params
+        )
+
+    def latest(self, rows: Sequence[Row]) -> None:
+        source, params = self._unnest(
+            _LATEST_COLUMNS, [(*row[:-1], json.dumps(row[-1])) for row in rows]
+        )
+        self.connection.exec_driver_sql(
+            "UPDATE gpus AS g SET latest_at = v.at, latest_util_ratio = v.util, "
+            "latest_memory_used_bytes = v.memory, latest_power_w = v.power, "
+            "latest_energy_j = v.energy, latest_temperature_c = v.temperature, "
+            "latest_process_count = v.processes, latest_sample = v.sample::json "
+            f"FROM {source} WHERE g.uuid = v.uuid "
+            "AND (g.latest_at IS NULL OR g.latest_at <= v.at)",
+            params,
+        )
+
+    def rollups(self, rows: Sequence[Row]) -> None:
+        source, params = self._unnest(_ROLLUP_COLUMNS, rows)
+        names = ", ".join(_ROLLUP_COLUMNS)
+        self.connection.exec_driver_sql(
+            f"INSERT INTO rollups ({names}) SELECT {names} FROM {source} "
+            "ON CONFLICT (gpu_uuid, level, bucket_start) DO UPDATE SET "
+            "samples = rollups.samples + excluded.samples, "
+            "util_sum = rollups.util_sum + excluded.util_sum, "
+            "util_max = greatest(rollups.util_max, excluded.util_max), "
+            "memory_used_sum = rollups.memory_used_sum + excluded.memory_used_sum, "
+            "memory_used_max = greatest(rollups.memory_used_max, excluded.memory_used_max), "
+            "power_sum_w = rollups.power_sum_w + excluded.power_sum_w, "
+            "temperature_max_c = greatest(rollups.temperature_max_c, excluded.temperature_max_c)",
+            params,
+        )
+
+    def nodes(self, rows: Sequence[Row], *, received_at: datetime) -> None:
+        source, params = self._unnest(_NODE_COLUMNS, rows)
+        params["received_at"] = received_at
+        newer = "v.collected_at >= n.last_collected_at"
+        self.connection.exec_driver_sql(
+            "UPDATE nodes AS n SET last_seen = greatest(n.last_seen, %(received_at)s), "
+            "pool = v.pool, "
+            f"last_sequence = CASE WHEN {newer} THEN v.sequence ELSE n.last_sequence END, "
+            f"agent_version = CASE WHEN {newer} THEN v.agent_version ELSE n.agent_version END, "
+            "last_collected_at = greatest(n.last_collected_at, v.collected_at) "
+            f"FROM {source} WHERE n.name = v.name",
+            params,
+        )
+
+
+class _Sqlite:
+    """SQLAlchemy Core ``executemany``: SQLite runs in-process, so a row costs microseconds."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def receipts(self, keys: Sequence[Key], *, received_at: datetime) -> set[Key]:
+        """Insert the receipts of ``keys`` (none stored yet: SQLite has one writer, so
+        nothing can have stored one since the caller looked)."""
+        if keys:
+            self.connection.execute(
+                sqlite.insert(_RECEIPTS).on_conflict_do_nothing(),
+                [
+                    {"node_name": n, "sequence": s, "collected_at": at, "received_at": received_at}
+                    for n, s, at in keys
+                ],
+            )
+        return set(keys)
+
+    def insert(self, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> None:
+        self.connection.execute(
+            table.insert(), [dict(zip(columns, row, strict=True)) for row in rows]
+        )
+
+    def latest(self, rows: Sequence[Row]) -> None:
+        self.connection.execute(
+            _update_latest(),
+            [dict(zip((f"b_{c}" for c in _LATEST_COLUMNS), row, strict=True)) for row in rows],
+        )
+
+    def rollups(self, rows: Sequence[Row]) -> None:
+        self.connection.execute(
+            rollup_upsert("sqlite"), [dict(zip(_ROLLUP_COLUMNS, row, strict=True)) for row in rows]
+        )
+
+    def nodes(self, rows: Sequence[Row], *, received_at: datetime) -> None:
+        self.connection.execute(
+            _advance_node(),
+            [
+                dict(
+                    zip((f"b_{c}" for c in _NODE_COLUMNS), row, strict=True), b_received=received_at
+                )
+                for row in rows
+            ],
+        )
+
+
+@cache
+def _update_latest() -> Any:
+    """Each GPU's latest view (a late sample never overwrites a newer one)."""
+    gpu = _GPUS.c
+    return (
+        update(_GPUS)
+        .where(gpu.uuid == bindparam("b_uuid"))
+        .where(or_(gpu.latest_at.is_(None), gpu.latest_at <= bindparam("b_at")))
+        .values(
+            latest_at=bindparam("b_at"),
+            latest_util_ratio=bindparam("b_util"),
+            latest_memory_used_bytes=bindparam("b_memory"),
+            latest_power_w=bindparam("b_power"),
+            latest_energy_j=bindparam("b_energy"),
+            latest_temperature_c=bindparam("b_temperature"),
+            latest_process_count=bindparam("b_processes"),
+            latest_sample=bindparam("b_sample", type_=gpu.latest_sample.type),
+        )
+    )
+
+
+@cache
+def _advance_node() -> Any:
+    """A node's progress (SET expressions read the row as it was before the update)."""
+    node = _NODES.c
+    at = bindparam("b_collected_at", type_=node.last_collected_at.type)
+    received = bindparam("b_received", type_=node.last_seen.type)
+    newer = at >= node.last_collected_at
+    return (
+        update(_NODES)
+        .where(node.name == bindparam("b_name"))
+        .values(
+            last_seen=case((received > node.last_seen, received), else_=node.last_seen),
+            pool=bindparam("b_pool"),
+            last_sequence=case((newer, bindparam("b_sequence")), else_=node.last_sequence),
+            agent_version=case((newer, bindparam("b_agent_version")), else_=node.agent_version),
+            last_collected_at=case((newer, at), else_=node.last_collected_at),
+        )
+    )
+
+
+@cache
+def rollup_upsert(dialect: str) -> postgresql.Insert | sqlite.Insert:
+    """The rollup upsert for ``dialect``, built once."""
+    statement = postgresql.insert(_ROLLUPS) if dialect == "postgresql" else sqlite.insert(_ROLLUPS)
+    greatest = func.greatest if dialect == "postgresql" else func.max
+    excluded, current = statement.excluded, _ROLLUPS.c
+    return statement.on_conflict_do_update(
+        index_elements=[current.gpu_uuid, current.level, current.bucket_start],
+        set_={
+            "samples": current.samples + excluded.samples,
+            "util_sum": current.util_sum + excluded.util_sum,
+            "util_max": greatest(current.util_max, excluded.util_max),
+            "memory_used_sum": current.memory_used_sum + excluded.memory_used_sum,
+            "memory_used_max": greatest(current.memory_used_max, excluded.memory_used_max),
+            "power_sum_w": current.power_sum_w + excluded.power_sum_w,
+            "temperature_max_c": greatest(current.temperature_max_c, excluded.temperature_max_c),
+        },
+    )
