@@ -48,7 +48,12 @@ class Principal:
 
 
 class Authenticator(Protocol):
-    """Maps a bearer token to a principal; None when the token is not valid."""
+    """Maps a bearer token to a principal; None when the token is not valid.
+
+    ``blocking`` says whether :meth:`authenticate` may wait on the network (the API then
+    calls it from a worker thread; a lookup in memory runs on the event loop)."""
+
+    blocking: bool
 
     def authenticate(self, token: str) -> Principal | None:
         """The token's principal, or None."""
@@ -72,6 +77,8 @@ def _digest(token: str) -> str:
 
 class TokensFile:
     """Tokens from a YAML file: a list of ``{token, subject, role}``."""
+
+    blocking = False  # a dictionary lookup
 
     def __init__(self, entries: Sequence[_TokenEntry]) -> None:
         self._by_digest = {_digest(e.token): Principal(e.subject, e.role) for e in entries}
@@ -114,6 +121,8 @@ class TokenReviewer:
         fallback: an authenticator for people's tokens (the tokens file), tried first.
         cache_s: how long an answer is reused; ``clock`` is injectable.
     """
+
+    blocking = True  # a cache miss sends a TokenReview
 
     def __init__(
         self,

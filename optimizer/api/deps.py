@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Final
 
 import structlog
@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from optimizer.api.state import AppState
 from optimizer.auth import Principal, Role
@@ -18,7 +19,7 @@ from optimizer.store.queries import record_audit
 log = structlog.get_logger(__name__)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.stowage
     return state
 
@@ -67,27 +68,39 @@ def refuse(state: AppState, request: Request, *, status: int, actor: str, reason
 BEARER: Final = HTTPBearer(auto_error=False, description="An agent, reader or admin token.")
 
 
-def require(*roles: Role) -> Callable[..., Principal]:
+def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:
     """A dependency admitting callers with one of ``roles`` (admins always)."""
     allowed = {*roles, Role.ADMIN}
 
-    def dependency(
+    async def dependency(
         request: Request,
         state: StateDep,
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
     ) -> Principal:
-        if state.authenticator is None:
+        # async, so that an admitted request costs no hop to a worker thread; what may
+        # block (a TokenReview, an audit write) runs in one
+        authenticator = state.authenticator
+        if authenticator is None:
             return Principal(subject="anonymous", role=Role.ADMIN)
         token = bearer.credentials.strip() if bearer is not None else ""
-        principal = state.authenticator.authenticate(token) if token else None
+        if not token:
+            principal = None
+        elif authenticator.blocking:
+            principal = await run_in_threadpool(authenticator.authenticate, token)
+        else:
+            principal = authenticator.authenticate(token)
         if principal is None:
             header = request.headers.get("Authorization", "")
             reason = "no bearer token" if not header else "invalid bearer token"
-            refuse(state, request, status=401, actor="anonymous", reason=reason)
+            await run_in_threadpool(
+                refuse, state, request, status=401, actor="anonymous", reason=reason
+            )
             raise HTTPException(401, reason, headers={"WWW-Authenticate": "Bearer"})
         if principal.role not in allowed:
             reason = f"role {principal.role.value} may not {request.method} {request.url.path}"
-            refuse(state, request, status=403, actor=principal.subject, reason=reason)
+            await run_in_threadpool(
+                refuse, state, request, status=403, actor=principal.subject, reason=reason
+            )
             raise HTTPException(403, reason)
         return principal
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, Final
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Table, delete, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -30,6 +31,9 @@ from optimizer.store.models import (
 )
 from optimizer.store.samples import write_samples
 from shared.report import NodeReport
+
+_GPUS: Final[Table] = Gpu.__table__  # type: ignore[assignment]
+_LINKS: Final[Table] = GpuLinkRow.__table__  # type: ignore[assignment]
 
 
 class TopologyUnknownError(LookupError):
@@ -179,47 +183,116 @@ def _store_topology(
         )
         .on_conflict_do_nothing()
     )
-    session.execute(delete(GpuLinkRow).where(GpuLinkRow.node_name == report.node_name))
-    known = {
-        uuid
-        for (uuid,) in session.execute(select(Gpu.uuid).where(Gpu.node_name == report.node_name))
+    _store_gpus(session, report)
+    _store_links(session, report)
+
+
+_GPU_COLUMNS: Final = (
+    "node_name",
+    "index",
+    "product",
+    "memory_bytes",
+    "pci_bus_id",
+    "numa_node",
+    "health",
+    "clique",
+    "info",
+)
+_LINK_COLUMNS: Final = (
+    "nvlink_count",
+    "nvlink_bandwidth_bytes_per_s",
+    "via_nvswitch",
+    "pcie_level",
+)
+
+
+def _store_gpus(session: Session, report: NodeReport) -> None:
+    """Write only the GPU rows that changed (a health change is one row, not the node)."""
+    gpus = _GPUS.c
+    stored = {
+        row[0]: tuple(row[1:])
+        for row in session.execute(
+            select(gpus.uuid, *(gpus[c] for c in _GPU_COLUMNS)).where(
+                gpus.node_name == report.node_name
+            )
+        )
     }
-    current = {gpu.uuid for gpu in report.gpus}
-    if gone := known - current:
-        session.execute(delete(Gpu).where(Gpu.uuid.in_(gone)))
-    for gpu in report.gpus:
-        values = {
+    wanted = {
+        gpu.uuid: (
+            report.node_name,
+            gpu.index,
+            gpu.product,
+            gpu.memory_bytes,
+            gpu.pci_bus_id,
+            gpu.numa_node,
+            gpu.health.value,
+            gpu.clique,
+            gpu.model_dump(mode="json"),
+        )
+        for gpu in report.gpus
+    }
+    if gone := set(stored) - set(wanted):
+        session.execute(delete(Gpu).where(Gpu.uuid.in_(sorted(gone))))
+    changed = [
+        {"uuid": uuid, **dict(zip(_GPU_COLUMNS, values, strict=True))}
+        for uuid, values in sorted(wanted.items())
+        if stored.get(uuid) != values
+    ]
+    if changed:
+        session.connection().execute(_gpu_upsert(session.get_bind().dialect.name), changed)
+
+
+def _store_links(session: Session, report: NodeReport) -> None:
+    """Write only the links that changed: unchanged pairs are neither deleted nor inserted."""
+    links = _LINKS.c
+    stored = {
+        (row[0], row[1]): tuple(row[2:])
+        for row in session.execute(
+            select(links.gpu_a, links.gpu_b, *(links[c] for c in _LINK_COLUMNS)).where(
+                links.node_name == report.node_name
+            )
+        )
+    }
+    wanted = {
+        (link.gpu_a, link.gpu_b): (
+            link.nvlink_count,
+            link.nvlink_bandwidth_bytes_per_s,
+            link.via_nvswitch,
+            link.pcie_level.value if link.pcie_level else None,
+        )
+        for link in report.links
+    }
+    stale = sorted(pair for pair, values in stored.items() if wanted.get(pair) != values)
+    if stale:
+        session.execute(
+            delete(GpuLinkRow).where(
+                GpuLinkRow.node_name == report.node_name,
+                tuple_(GpuLinkRow.gpu_a, GpuLinkRow.gpu_b).in_(stale),
+            )
+        )
+    new = [
+        {
             "node_name": report.node_name,
-            "index": gpu.index,
-            "product": gpu.product,
-            "memory_bytes": gpu.memory_bytes,
-            "pci_bus_id": gpu.pci_bus_id,
-            "numa_node": gpu.numa_node,
-            "health": gpu.health.value,
-            "clique": gpu.clique,
-            "info": gpu.model_dump(mode="json"),
+            "gpu_a": a,
+            "gpu_b": b,
+            **dict(zip(_LINK_COLUMNS, v, strict=True)),
         }
-        session.execute(
-            _insert(session, Gpu)
-            .values(uuid=gpu.uuid, **values)
-            .on_conflict_do_update(index_elements=[Gpu.uuid], set_=values)
-        )
-    if report.links:
-        session.execute(
-            _insert(session, GpuLinkRow),
-            [
-                {
-                    "node_name": report.node_name,
-                    "gpu_a": link.gpu_a,
-                    "gpu_b": link.gpu_b,
-                    "nvlink_count": link.nvlink_count,
-                    "nvlink_bandwidth_bytes_per_s": link.nvlink_bandwidth_bytes_per_s,
-                    "via_nvswitch": link.via_nvswitch,
-                    "pcie_level": link.pcie_level.value if link.pcie_level else None,
-                }
-                for link in report.links
-            ],
-        )
+        for (a, b), v in sorted(wanted.items())
+        if stored.get((a, b)) != v
+    ]
+    if new:
+        session.connection().execute(_LINKS.insert(), new)
+
+
+@cache
+def _gpu_upsert(dialect: str) -> postgresql.Insert | sqlite.Insert:
+    """Insert a GPU row, or take over the row of that UUID (a GPU that moved here)."""
+    table = _GPUS
+    statement = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.uuid],
+        set_={c: statement.excluded[c] for c in _GPU_COLUMNS},
+    )
 
 
 def _store_samples(session: Session, report: NodeReport) -> None:

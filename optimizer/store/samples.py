@@ -10,7 +10,6 @@ that two optimizer replicas writing at once take their row locks in the same ord
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -185,7 +184,7 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
                 s.energy_j,
                 s.temperature_c,
                 len(s.processes),
-                s.model_dump(mode="json"),
+                s,
             )
             for uuid, (at, s) in sorted(latest.items())
         ]
@@ -304,7 +303,7 @@ class _Postgres:
 
     def latest(self, rows: Sequence[Row]) -> None:
         source, params = self._unnest(
-            _LATEST_COLUMNS, [(*row[:-1], json.dumps(row[-1])) for row in rows]
+            _LATEST_COLUMNS, [(*row[:-1], row[-1].model_dump_json()) for row in rows]
         )
         self.connection.exec_driver_sql(
             "UPDATE gpus AS g SET latest_at = v.at, latest_util_ratio = v.util, "
@@ -374,7 +373,16 @@ class _Sqlite:
     def latest(self, rows: Sequence[Row]) -> None:
         self.connection.execute(
             _update_latest(),
-            [dict(zip((f"b_{c}" for c in _LATEST_COLUMNS), row, strict=True)) for row in rows],
+            [
+                dict(
+                    zip(
+                        (f"b_{c}" for c in _LATEST_COLUMNS),
+                        (*row[:-1], row[-1].model_dump(mode="json")),
+                        strict=True,
+                    )
+                )
+                for row in rows
+            ],
         )
 
     def rollups(self, rows: Sequence[Row]) -> None:
