@@ -2,7 +2,6 @@
 
 import contextlib
 import logging
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -97,10 +96,6 @@ def serve(
     if authenticator is None:
         logging.getLogger(__name__).warning("authentication disabled (auth=none)")
     application = create_app(settings, authenticator=authenticator)
-    # The ingest writer gives up the GIL at every database round trip; with the default
-    # 5 ms switch interval it then waits up to 5 ms to get it back from the event loop, a
-    # dozen times per batch. 0.5 ms keeps both moving (measured: bench.ingest).
-    sys.setswitchinterval(0.0005)
     with _controller(settings):
         uvicorn.run(
             application,
