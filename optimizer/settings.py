@@ -85,6 +85,12 @@ class OptimizerSettings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = Field(
         default=2 * 2**20, description="Largest accepted request body (413 above)."
     )
+    in_flight_body_bytes: Annotated[int, Field(ge=2**20, le=2**32)] = Field(
+        default=128 * 2**20,
+        description="Request-body bytes all requests in progress may hold together; a "
+        "request past it gets 503 with Retry-After (memory stays bounded however many "
+        "clients send at once).",
+    )
     report_rate_per_node: Annotated[float, Field(ge=0)] = Field(
         default=2.0,
         description="Reports per second one agent may send, sustained (0: unlimited); more "

@@ -111,7 +111,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.stowage = state
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        in_flight=settings.in_flight_body_bytes,
+        retry_after_s=settings.retry_after_s,
+    )
     for module in (reports, nodes, cluster, gpus, gangs, audit):
         app.include_router(module.router, responses=AUTHENTICATED_RESPONSES)
     app.include_router(health.router, responses={503: {"description": "Not ready: why."}})

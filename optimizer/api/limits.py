@@ -2,7 +2,9 @@
 
 A declared ``Content-Length`` over the limit is answered 413 before the body is read; a
 chunked body is counted as it streams and cut off with 413 once it passes the limit, so no
-route, authenticated or not, can make the optimizer buffer more than ``limit`` bytes.
+route, authenticated or not, can make the optimizer buffer more than ``limit`` bytes. The
+bodies of all requests in progress together are bounded too (503 with Retry-After beyond),
+so a thousand clients sending the largest body at once cannot exhaust memory either.
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimit:
-    """Answer 413 to any request whose body is over ``limit`` bytes."""
+    """Answer 413 to any request whose body is over ``limit`` bytes, and 503 (Retry-After
+    ``retry_after_s``) to one that would take the bodies held by requests in progress past
+    ``in_flight`` bytes: memory stays bounded however many clients send at once."""
 
-    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, limit: int, in_flight: int | None = None, retry_after_s: int = 5
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.in_flight = in_flight
+        self.retry_after_s = retry_after_s
+        self.held = 0  # body bytes of requests in progress (one event loop: no lock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -27,19 +36,36 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
+            await self._refuse(send, 413, f"request body over {self.limit} bytes")
             return
         seen = 0
+        held = 0
         refused = False
+
+        def hold(size: int) -> bool:
+            nonlocal held
+            if self.in_flight is not None and self.held + size > self.in_flight and self.held:
+                return False
+            self.held += size
+            held += size
+            return True
+
+        if declared is not None and declared.isdigit() and not hold(int(declared)):
+            await self._busy(send)
+            return
 
         async def counted() -> Message:
             nonlocal seen, refused
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and not refused:
                 seen += len(message.get("body", b""))
-                if seen > self.limit and not refused:
+                if seen > self.limit:
                     refused = True
-                    await self._refuse(send)
+                    await self._refuse(send, 413, f"request body over {self.limit} bytes")
+                    return {"type": "http.disconnect"}
+                if seen > held and not hold(seen - held):  # a chunked body grows
+                    refused = True
+                    await self._busy(send)
                     return {"type": "http.disconnect"}
             return message
 
@@ -52,15 +78,29 @@ class BodyLimit:
         except Exception:
             if not refused:
                 raise
-            # the route saw the body end early (ClientDisconnect): the 413 is already sent
+            # the route saw the body end early (ClientDisconnect): the refusal is sent
+        finally:
+            self.held -= held
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"detail": f"request body over {self.limit} bytes"}).encode()
+    async def _busy(self, send: Send) -> None:
+        await self._refuse(
+            send,
+            503,
+            f"the optimizer holds {self.held} bytes of request bodies in progress; retry later",
+            retry_after=True,
+        )
+
+    async def _refuse(
+        self, send: Send, status: int, detail: str, *, retry_after: bool = False
+    ) -> None:
+        body = json.dumps({"detail": detail}).encode()
         headers: list[Any] = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        if retry_after:
+            headers.append((b"retry-after", str(self.retry_after_s).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 

@@ -34,12 +34,20 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
-    # a frozen or overloaded server fails a statement in bounded time instead of holding
-    # the single writer (and every request behind it) for ever
-    kwargs.setdefault(
-        "connect_args",
-        {"connect_timeout": 5, "options": "-c statement_timeout=15000 -c lock_timeout=10000"},
-    )
+    given = kwargs.pop("connect_args", {})
+    kwargs["connect_args"] = {
+        "connect_timeout": 5,
+        # Every statement planned for the table sizes of today: a plan prepared and cached
+        # while the tables were small (a fleet starting, or autovacuum off so no statistics)
+        # would scan the whole gpus table for each report of a grown fleet.
+        "prepare_threshold": None,
+        **given,
+        # a frozen or overloaded server fails a statement in bounded time instead of
+        # holding the single writer (and every request behind it) for ever
+        "options": " ".join(
+            ["-c statement_timeout=15000 -c lock_timeout=10000", given.get("options", "")]
+        ).strip(),
+    }
     return create_engine(url, **kwargs)
 
 

@@ -59,6 +59,12 @@ class WallClock:
 
 
 def _postgres_schema_engine() -> Iterator[Engine]:
+    for (engine,) in _postgres_schema_engines(1):
+        yield engine
+
+
+def _postgres_schema_engines(count: int) -> Iterator[tuple[Engine, ...]]:
+    """``count`` engines (as many optimizer replicas) on one fresh schema."""
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
@@ -72,13 +78,15 @@ def _postgres_schema_engine() -> Iterator[Engine]:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     with admin.connect() as connection:
         connection.execute(text(f"CREATE SCHEMA {schema}"))
-    engine = make_engine(
-        POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"}, pool_size=5
+    engines = tuple(
+        make_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"}, pool_size=5)
+        for _ in range(count)
     )
     try:
-        yield engine
+        yield engines
     finally:
-        engine.dispose()
+        for engine in engines:
+            engine.dispose()
         with admin.connect() as connection:
             connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
@@ -93,6 +101,14 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
         engine.dispose()
     else:
         yield from _postgres_schema_engine()
+
+
+@pytest.fixture
+def replica_engines() -> Iterator[tuple[Engine, Engine]]:
+    """Two engines on one migrated PostgreSQL schema: two optimizer replicas' databases."""
+    for first, second in _postgres_schema_engines(2):
+        migrate.upgrade(first)
+        yield first, second
 
 
 @pytest.fixture
