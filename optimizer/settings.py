@@ -85,6 +85,11 @@ class OptimizerSettings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = Field(
         default=2 * 2**20, description="Largest accepted request body (413 above)."
     )
+    header_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=10.0,
+        description="A connection that has not sent a request's line and headers within "
+        "this long is closed (a client trickling headers cannot hold connections).",
+    )
     in_flight_body_bytes: Annotated[int, Field(ge=2**20, le=2**32)] = Field(
         default=128 * 2**20,
         description="Request-body bytes all requests in progress may hold together; a "

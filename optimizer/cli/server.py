@@ -11,6 +11,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from optimizer.api.app import create_app, run_prune
+from optimizer.api.protocol import HeaderDeadline
 from optimizer.auth import (
     Authenticator,
     TokenReviewer,
@@ -105,6 +106,7 @@ def serve(
             ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
             log_level="warning",
             access_log=False,
+            http=HeaderDeadline.with_timeout(settings.header_timeout_s),
         )
 
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any, Final
 
-from sqlalchemy import Connection, Table, bindparam, case, func, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Table, select, tuple_
 
 from optimizer.store.models import Gpu, Node, ReportReceipt, Rollup, Sample, WorkloadUsage
 from shared.report import NodeReport
@@ -346,118 +344,89 @@ class _Postgres:
         )
 
 
+def _sqlite_time(at: datetime) -> str:
+    """``at`` as SQLAlchemy's SQLite DateTime stores it (naive UTC, microseconds), so that
+    rows written here read back, compare and sort like those the ORM writes."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
 class _Sqlite:
-    """SQLAlchemy Core ``executemany``: SQLite runs in-process, so a row costs microseconds."""
+    """The driver's ``executemany`` with values converted once per report: SQLite runs
+    in-process, so a row costs microseconds, and SQLAlchemy's per-row bind processing
+    would cost more than the write."""
+
+    _TIMES: Final = frozenset({"at", "bucket_start", "collected_at"})
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+
+    def _rows(self, columns: Sequence[str], rows: Sequence[Row]) -> list[Row]:
+        times = [i for i, name in enumerate(columns) if name in self._TIMES]
+        if not times:
+            return list(rows)
+        text: dict[datetime, str] = {}  # a report's rows share their times
+        converted = []
+        for row in rows:
+            values = list(row)
+            for i in times:
+                at = values[i]
+                values[i] = text.get(at) or text.setdefault(at, _sqlite_time(at))
+            converted.append(tuple(values))
+        return converted
 
     def receipts(self, keys: Sequence[Key], *, received_at: datetime) -> set[Key]:
         """Insert the receipts of ``keys`` (none stored yet: SQLite has one writer, so
         nothing can have stored one since the caller looked)."""
         if keys:
-            self.connection.execute(
-                sqlite.insert(_RECEIPTS).on_conflict_do_nothing(),
-                [
-                    {"node_name": n, "sequence": s, "collected_at": at, "received_at": received_at}
-                    for n, s, at in keys
-                ],
+            received = _sqlite_time(received_at)
+            self.connection.exec_driver_sql(
+                "INSERT INTO report_receipts (node_name, sequence, collected_at, received_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(n, s, _sqlite_time(at), received) for n, s, at in keys],
             )
         return set(keys)
 
     def insert(self, table: Table, columns: Sequence[str], rows: Sequence[Row]) -> None:
-        self.connection.execute(
-            table.insert(), [dict(zip(columns, row, strict=True)) for row in rows]
+        marks = ", ".join("?" for _ in columns)
+        self.connection.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})",
+            self._rows(columns, rows),
         )
 
     def latest(self, rows: Sequence[Row]) -> None:
-        self.connection.execute(
-            _update_latest(),
+        self.connection.exec_driver_sql(
+            "UPDATE gpus SET latest_at = ?2, latest_util_ratio = ?3, "
+            "latest_memory_used_bytes = ?4, latest_power_w = ?5, latest_energy_j = ?6, "
+            "latest_temperature_c = ?7, latest_process_count = ?8, latest_sample = ?9 "
+            "WHERE uuid = ?1 AND (latest_at IS NULL OR latest_at <= ?2)",
             [
-                dict(
-                    zip(
-                        (f"b_{c}" for c in _LATEST_COLUMNS),
-                        (*row[:-1], row[-1].model_dump(mode="json")),
-                        strict=True,
-                    )
-                )
-                for row in rows
+                (*values[:-1], values[-1].model_dump_json())
+                for values in self._rows(_LATEST_COLUMNS, rows)
             ],
         )
 
     def rollups(self, rows: Sequence[Row]) -> None:
-        self.connection.execute(
-            rollup_upsert("sqlite"), [dict(zip(_ROLLUP_COLUMNS, row, strict=True)) for row in rows]
+        names = ", ".join(_ROLLUP_COLUMNS)
+        marks = ", ".join("?" for _ in _ROLLUP_COLUMNS)
+        self.connection.exec_driver_sql(
+            f"INSERT INTO rollups ({names}) VALUES ({marks}) "
+            "ON CONFLICT (gpu_uuid, level, bucket_start) DO UPDATE SET "
+            "samples = samples + excluded.samples, "
+            "util_sum = util_sum + excluded.util_sum, "
+            "util_max = max(util_max, excluded.util_max), "
+            "memory_used_sum = memory_used_sum + excluded.memory_used_sum, "
+            "memory_used_max = max(memory_used_max, excluded.memory_used_max), "
+            "power_sum_w = power_sum_w + excluded.power_sum_w, "
+            "temperature_max_c = max(temperature_max_c, excluded.temperature_max_c)",
+            self._rows(_ROLLUP_COLUMNS, rows),
         )
 
     def nodes(self, rows: Sequence[Row], *, received_at: datetime) -> None:
-        self.connection.execute(
-            _advance_node(),
-            [
-                dict(
-                    zip((f"b_{c}" for c in _NODE_COLUMNS), row, strict=True), b_received=received_at
-                )
-                for row in rows
-            ],
+        # SET expressions read the row as it was before the update
+        self.connection.exec_driver_sql(
+            "UPDATE nodes SET last_seen = max(last_seen, ?6), pool = ?5, "
+            "last_sequence = CASE WHEN ?2 >= last_collected_at THEN ?3 ELSE last_sequence END, "
+            "agent_version = CASE WHEN ?2 >= last_collected_at THEN ?4 ELSE agent_version END, "
+            "last_collected_at = max(last_collected_at, ?2) WHERE name = ?1",
+            [(*values, _sqlite_time(received_at)) for values in self._rows(_NODE_COLUMNS, rows)],
         )
-
-
-@cache
-def _update_latest() -> Any:
-    """Each GPU's latest view (a late sample never overwrites a newer one)."""
-    gpu = _GPUS.c
-    return (
-        update(_GPUS)
-        .where(gpu.uuid == bindparam("b_uuid"))
-        .where(or_(gpu.latest_at.is_(None), gpu.latest_at <= bindparam("b_at")))
-        .values(
-            latest_at=bindparam("b_at"),
-            latest_util_ratio=bindparam("b_util"),
-            latest_memory_used_bytes=bindparam("b_memory"),
-            latest_power_w=bindparam("b_power"),
-            latest_energy_j=bindparam("b_energy"),
-            latest_temperature_c=bindparam("b_temperature"),
-            latest_process_count=bindparam("b_processes"),
-            latest_sample=bindparam("b_sample", type_=gpu.latest_sample.type),
-        )
-    )
-
-
-@cache
-def _advance_node() -> Any:
-    """A node's progress (SET expressions read the row as it was before the update)."""
-    node = _NODES.c
-    at = bindparam("b_collected_at", type_=node.last_collected_at.type)
-    received = bindparam("b_received", type_=node.last_seen.type)
-    newer = at >= node.last_collected_at
-    return (
-        update(_NODES)
-        .where(node.name == bindparam("b_name"))
-        .values(
-            last_seen=case((received > node.last_seen, received), else_=node.last_seen),
-            pool=bindparam("b_pool"),
-            last_sequence=case((newer, bindparam("b_sequence")), else_=node.last_sequence),
-            agent_version=case((newer, bindparam("b_agent_version")), else_=node.agent_version),
-            last_collected_at=case((newer, at), else_=node.last_collected_at),
-        )
-    )
-
-
-@cache
-def rollup_upsert(dialect: str) -> postgresql.Insert | sqlite.Insert:
-    """The rollup upsert for ``dialect``, built once."""
-    statement = postgresql.insert(_ROLLUPS) if dialect == "postgresql" else sqlite.insert(_ROLLUPS)
-    greatest = func.greatest if dialect == "postgresql" else func.max
-    excluded, current = statement.excluded, _ROLLUPS.c
-    return statement.on_conflict_do_update(
-        index_elements=[current.gpu_uuid, current.level, current.bucket_start],
-        set_={
-            "samples": current.samples + excluded.samples,
-            "util_sum": current.util_sum + excluded.util_sum,
-            "util_max": greatest(current.util_max, excluded.util_max),
-            "memory_used_sum": current.memory_used_sum + excluded.memory_used_sum,
-            "memory_used_max": greatest(current.memory_used_max, excluded.memory_used_max),
-            "power_sum_w": current.power_sum_w + excluded.power_sum_w,
-            "temperature_max_c": greatest(current.temperature_max_c, excluded.temperature_max_c),
-        },
-    )
