@@ -55,7 +55,7 @@ def largest_report(n: int, *, at: str, limit: int = MAX_BODY) -> bytes:
         samples.append(dict(sample, gpu_uuid=uuid))
     report = dict(base, gpus=gpus, samples=samples, links=[], collected_at=at, sequence=1)
     size = len(json.dumps(report))
-    per_link = len(json.dumps(link)) + 2
+    per_link = len(json.dumps(dict(link, gpu_a=254, gpu_b=255))) + 2
     room = (limit - size - 1024) // per_link
     pairs = [(a, b) for a in range(256) for b in range(a + 1, 256)][:room]
     report["links"] = [dict(link, gpu_a=a, gpu_b=b) for a, b in pairs]

@@ -106,8 +106,9 @@ class OptimizerSettings(BaseSettings):
     )
     ingest_queue_bytes: Annotated[int, Field(ge=2**20, le=2**32)] = Field(
         default=64 * 2**20,
-        description="Report bytes waiting for the writer before 503 (memory stays bounded "
-        "whatever clients send).",
+        description="Memory the reports waiting for the writer may hold (estimated as 8 "
+        "bytes per byte of their JSON) before 503 (memory stays bounded whatever clients "
+        "send).",
     )
     ingest_answer_s: Annotated[float, Field(gt=0, le=300)] = Field(
         default=10.0,

@@ -415,11 +415,13 @@ def test_queued_bytes_are_bounded(
 ) -> None:
     import asyncio
 
-    from optimizer.ingest import IngestOverloadedError, IngestQueue
+    from optimizer.ingest import MEMORY_PER_WIRE_BYTE, IngestOverloadedError, IngestQueue
     from optimizer.store.engine import make_session_factory
 
-    writer = IngestQueue(
-        sessions=make_session_factory(engine), clock=clock, max_queue_bytes=3 * 2**20
+    writer = IngestQueue(  # room for the memory of four 1 MiB reports, not five
+        sessions=make_session_factory(engine),
+        clock=clock,
+        max_queue_bytes=4 * MEMORY_PER_WIRE_BYTE * 2**20,
     )  # not started: everything stays queued
 
     async def scenario() -> list[object]:
@@ -430,8 +432,10 @@ def test_queued_bytes_are_bounded(
             writer.submit(topology_report("gpu-node-9", at=clock()), size_bytes=2**20),
             return_exceptions=True,
         )
+        queued = [task for task in tasks if not task.done()]
         for task in tasks:
             task.cancel()
+        assert len(queued) == 4  # the four fit
         return overflow
 
     [refused] = asyncio.run(scenario())
