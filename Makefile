@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.contract
 	$(BIN)/python -m bench.agent
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.gang
 	$(BIN)/python -m bench.cycle
 	$(BIN)/python -m bench.fill --write
