@@ -99,7 +99,8 @@ def _server(url: str, tokens: Path) -> Iterator[tuple[str, int]]:
 
 
 def _loadgen(bases: list[str], nodes: int, *args: str) -> list[dict[str, object]]:
-    """Run one load generator per server (CPU 1), at once; their JSON results."""
+    """Run one load generator per server (CPU 1), at once, each sending its share of the
+    requests; their JSON results."""
     processes = [
         subprocess.Popen(
             [
@@ -115,11 +116,13 @@ def _loadgen(bases: list[str], nodes: int, *args: str) -> list[dict[str, object]
                 str(nodes),
                 "--t0",
                 T0.isoformat(),
+                "--part",
+                f"{k}/{len(bases)}",
                 *args,
             ],
             stdout=subprocess.PIPE,
         )
-        for base in bases
+        for k, base in enumerate(bases)
     ]
     results = []
     for process in processes:
@@ -207,7 +210,7 @@ def bench_backend(backend: str, nodes: int, seconds: float, replicas: int) -> in
                 bases,
                 nodes,
                 "--rate",
-                str(rate / replicas),
+                str(rate),
                 "--seconds",
                 str(seconds),
                 "--first-sequence",

@@ -6,10 +6,12 @@ Run: ``python -m bench.loadgen --base URL --nodes N (--topology | --rate R --sec
 The fleet is ``N`` fake 8-GPU nodes (``shared.samples.DGX_H100``), node ``n`` named
 ``gpu-nnnnn`` with token ``agent-token-nnnnnn-bench-load`` (:func:`token`). ``--topology``
 sends every node's topology report, as fast as ``--connections`` keep-alive connections
-allow. Otherwise request ``i`` (node ``i % N``, sequence ``K + i // N + 1``, collected 10 s
-later per sequence) is due at ``start + i / R``: it is sent then whether or not earlier
-requests have been answered, and its latency counts from that due time, so queueing in the
-optimizer counts. Requests are encoded before the clock starts and written as raw HTTP/1.1
+allow. Otherwise request ``i`` (node ``i % N``, sequence ``K + i // N + 1``, collected
+10 s later per sequence) is due at ``start + i / R``: it is sent then whether or not
+earlier requests have been answered, and its latency counts from that due time, so
+queueing in the optimizer counts. With ``--part K/N`` a generator sends only every N-th
+request from the K-th (one generator per optimizer replica: together they send the
+fleet's requests once). Requests are encoded before the clock starts and written as raw HTTP/1.1
 on asyncio streams (a few microseconds each), so the generator stays far from its own limit.
 """
 
@@ -136,13 +138,15 @@ async def _open_loop(
     seconds: float,
     first_sequence: int,
     connections: int,
+    part: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
     url = urlsplit(base)
     pool = _Connections(url.hostname or "127.0.0.1", url.port or 80, connections)
     templates = _templates(nodes, t0)
+    mine, parts = part
     total = int(rate * seconds)
     requests = []
-    for i in range(total):
+    for i in range(mine, total, parts):  # this generator's share of the fleet's requests
         n, sequence = i % nodes, first_sequence + i // nodes + 1
         at = (t0 + timedelta(seconds=10 * sequence)).isoformat().encode()
         body = templates[n][1].replace(b"@SEQ@", str(sequence).encode()).replace(b"@AT@", at)
@@ -157,8 +161,8 @@ async def _open_loop(
 
     start = loop.time() + 0.5
     tasks = []
-    for i, request in enumerate(requests):
-        due = start + i / rate
+    for k, request in enumerate(requests):
+        due = start + (mine + k * parts) / rate
         delay = due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -171,9 +175,9 @@ async def _open_loop(
         return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
 
     return {
-        "sent": total,
+        "sent": len(requests),
         "seconds": elapsed,
-        "achieved_per_s": total / elapsed,
+        "achieved_per_s": len(requests) / elapsed,
         "p50_s": quantile(0.50),
         "p99_s": quantile(0.99),
         "max_s": ordered[-1] if ordered else 0.0,
@@ -192,6 +196,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--first-sequence", type=int, default=0)
     parser.add_argument("--connections", type=int, default=256)
+    parser.add_argument(
+        "--part", default="0/1", help="K/N: send every N-th request from the K-th (N servers)"
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -212,6 +219,7 @@ def main() -> None:
                 args.seconds,
                 args.first_sequence,
                 args.connections,
+                (int(args.part.split("/")[0]), int(args.part.split("/")[1])),
             )
         )
     print(json.dumps(result))

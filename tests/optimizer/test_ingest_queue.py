@@ -14,6 +14,7 @@ from optimizer.ingest import IngestOverloadedError, IngestQueue
 from optimizer.store.engine import make_engine, make_session_factory
 from optimizer.store.models import ReportReceipt, Sample
 from optimizer.store.reports import TopologyUnknownError, ingest_report
+from shared.report import NodeReport
 from tests.optimizer.reports import samples_report, topology_report
 
 T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -22,6 +23,21 @@ T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 def _count(engine: Engine, model: type) -> int:
     with Session(engine) as session:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def _one_batch(writer: IngestQueue, reports: list[NodeReport]) -> list[object]:
+    """Queue every report before the writer starts (so they share batches), then run it;
+    each report's result or error, in order."""
+
+    async def scenario() -> list[object]:
+        tasks = [asyncio.ensure_future(writer.submit(r)) for r in reports]
+        await asyncio.sleep(0)
+        writer.start()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    writer.stop()
+    return results
 
 
 def test_one_batch_one_bad_report(engine: Engine) -> None:
@@ -34,14 +50,7 @@ def test_one_batch_one_bad_report(engine: Engine) -> None:
     good = [topology_report(f"gpu-node-{i}", at=T0) for i in range(3)]
     orphan = samples_report(topology_report("gpu-node-9", at=T0), at=T0, sequence=4)
 
-    async def scenario() -> list[object]:
-        tasks = [asyncio.ensure_future(writer.submit(r)) for r in [good[0], orphan, *good[1:]]]
-        await asyncio.sleep(0)  # all four are queued before the writer starts
-        writer.start()
-        return await asyncio.gather(*tasks, return_exceptions=True)
-
-    results = asyncio.run(scenario())
-    writer.stop()
+    results = _one_batch(writer, [good[0], orphan, *good[1:]])
     assert batches == [4]  # one transaction for all of them
     assert isinstance(results[1], TopologyUnknownError)
     assert [r.stored for r in (results[0], results[2], results[3])] == [True] * 3  # type: ignore[union-attr]
@@ -96,14 +105,7 @@ def test_poisoned_reports_fail_alone_and_every_good_one_is_acknowledged(engine: 
             report = report.model_copy(update={"collected_at": edge})
         reports.append(report)
 
-    async def scenario() -> list[object]:
-        tasks = [asyncio.ensure_future(writer.submit(r)) for r in reports]
-        await asyncio.sleep(0)
-        writer.start()
-        return await asyncio.gather(*tasks, return_exceptions=True)
-
-    results = asyncio.run(scenario())
-    writer.stop()
+    results = _one_batch(writer, reports)
     poisoned = [r for i, r in enumerate(results) if i % 5 == 2]
     good = [r for i, r in enumerate(results) if i % 5 != 2]
     assert all(isinstance(r, ReportNotStorableError) for r in poisoned), poisoned[:2]
@@ -135,14 +137,7 @@ def test_a_poisoned_samples_report_fails_alone_in_a_batch_of_samples(engine: Eng
         for i, t in enumerate(topologies)
     ]
 
-    async def scenario() -> list[object]:
-        tasks = [asyncio.ensure_future(writer.submit(r)) for r in reports]
-        await asyncio.sleep(0)
-        writer.start()
-        return await asyncio.gather(*tasks, return_exceptions=True)
-
-    results = asyncio.run(scenario())
-    writer.stop()
+    results = _one_batch(writer, reports)
     assert batches == [20]
     for i, result in enumerate(results):
         if i % 7 == 3:
