@@ -73,6 +73,17 @@ def _request(host: str, path: str, body: bytes, token_: str | None) -> bytes:
     return head.encode() + body
 
 
+async def _answer(reader: asyncio.StreamReader) -> tuple[bytes, int]:
+    """Read one response: its head and status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:"),
+        0,
+    )
+    await reader.readexactly(length)
+    return head, int(head[9:12])
+
+
 async def _flood(
     port: int, requests: list[bytes], seconds: float, connections: int
 ) -> Counter[int]:
@@ -89,22 +100,12 @@ async def _flood(
                 assert reader is not None
                 writer.write(requests[i % len(requests)])
                 i += connections
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head[9:12])
-                length = next(
-                    (
-                        int(line[15:])
-                        for line in head.split(b"\r\n")
-                        if line[:15].lower() == b"content-length:"
-                    ),
-                    0,
-                )
-                await reader.readexactly(length)
+                head, status = await asyncio.wait_for(_answer(reader), timeout=15)
                 statuses[status] += 1
                 if b"connection: close" in head.lower():
                     writer.close()
                     writer = None
-            except (OSError, asyncio.IncompleteReadError, ValueError):
+            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError):
                 statuses[0] += 1
                 if writer is not None:
                     writer.close()
@@ -175,14 +176,22 @@ def _run(url: str, data: Path, seconds: float, connections: int) -> None:
         signal_cluster(data, signal.SIGCONT)
     stop.set()
     sampler.join()
-    ready = None
-    for _ in range(300):
-        ready = httpx.get(f"{base}/readyz", timeout=5).status_code
+    ready: int | str | None = None
+    for _ in range(60):
+        try:
+            ready = httpx.get(f"{base}/readyz", timeout=5).status_code
+        except httpx.HTTPError as error:
+            ready = type(error).__name__
         if ready == 200:
             break
-        time.sleep(0.2)
+        time.sleep(0.5)
     server.send_signal(signal.SIGTERM)
-    server.wait(timeout=60)
+    try:
+        server.wait(timeout=60)
+        stopped = "stopped on SIGTERM"
+    except subprocess.TimeoutExpired:
+        server.kill()
+        stopped = "did NOT stop within 60 s of SIGTERM (killed)"
     mib = 2**20
     print(
         f"{connections} connections for {seconds:.0f} s against a frozen PostgreSQL "
@@ -193,7 +202,7 @@ def _run(url: str, data: Path, seconds: float, connections: int) -> None:
     print("|---:|---:|---|")
     answers = ", ".join(f"{code or 'dropped'}: {count}" for code, count in sorted(statuses.items()))
     print(f"| {before / mib:.0f} MiB | {max(peak) / mib:.0f} MiB | {answers} |")
-    print(f"\nafter the thaw: /readyz {ready}")
+    print(f"\nafter the thaw: /readyz {ready}; the optimizer {stopped}")
 
 
 def main() -> None:
@@ -201,6 +210,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--connections", type=int, default=200)
     args = parser.parse_args()
+    # a terminated run must still thaw and remove its cluster (the finally blocks run)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         with throwaway_postgres() as (url, data):
             _run(url, data, args.seconds, args.connections)
