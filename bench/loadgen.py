@@ -39,12 +39,29 @@ def token(n: int) -> str:
     return f"agent-token-{n:06d}-bench-load"
 
 
-def _request(host: str, n: int, body: bytes) -> bytes:
+def http_post(host: str, path: str, body: bytes, bearer: str | None) -> bytes:
+    """A whole HTTP/1.1 POST of JSON ``body`` to ``path``, ready to write."""
+    auth = f"Authorization: Bearer {bearer}\r\n" if bearer else ""
     head = (
-        f"POST /v1/reports HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token(n)}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, int]:
+    """Read one response (its body by Content-Length); its head and status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return head, int(head[9:12])
+
+
+def _request(host: str, n: int, body: bytes) -> bytes:
+    return http_post(host, "/v1/reports", body, token(n))
 
 
 def _templates(nodes: int, t0: datetime) -> list[tuple[bytes, bytes]]:
@@ -96,13 +113,7 @@ async def _exchange(connections: _Connections, request: bytes) -> int:
     reader, writer = await connections.get()
     try:
         writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await reader.readexactly(length)
+        _, status = await read_response(reader)
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
         writer.close()
         connections.drop()

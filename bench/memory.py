@@ -32,7 +32,7 @@ import httpx
 import psutil
 import yaml
 
-from bench.loadgen import node_name, token
+from bench.loadgen import http_post, node_name, read_response, token
 from bench.loopback import free_port
 from bench.pgcluster import ClusterUnavailableError, signal_cluster, throwaway_postgres
 from shared.samples import DGX_H100, build_report, gpu_uuid
@@ -64,26 +64,6 @@ def largest_report(n: int, *, at: str, limit: int = MAX_BODY) -> bytes:
     return body
 
 
-def _request(host: str, path: str, body: bytes, token_: str | None) -> bytes:
-    auth = f"Authorization: Bearer {token_}\r\n" if token_ else ""
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def _answer(reader: asyncio.StreamReader) -> tuple[bytes, int]:
-    """Read one response: its head and status."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = next(
-        (int(line[15:]) for line in head.split(b"\r\n") if line[:15].lower() == b"content-length:"),
-        0,
-    )
-    await reader.readexactly(length)
-    return head, int(head[9:12])
-
-
 async def _flood(
     port: int, requests: list[bytes], seconds: float, connections: int
 ) -> Counter[int]:
@@ -100,7 +80,7 @@ async def _flood(
                 assert reader is not None
                 writer.write(requests[i % len(requests)])
                 i += connections
-                head, status = await asyncio.wait_for(_answer(reader), timeout=15)
+                head, status = await asyncio.wait_for(read_response(reader), timeout=15)
                 statuses[status] += 1
                 if b"connection: close" in head.lower():
                     writer.close()
@@ -156,10 +136,10 @@ def _run(url: str, data: Path, seconds: float, connections: int) -> None:
     junk = b"[" + b"0," * (MAX_BODY // 2 - 2) + b"0]"
     requests = []
     for n, body in zip(range(4, NODES), big, strict=True):
-        requests.append(_request(host, "/v1/reports", body, token(n)))
-        requests.append(_request(host, "/v1/reports", junk, token(n)))
-        requests.append(_request(host, "/webhooks/mutate-pods", junk, None))
-        requests.append(_request(host, "/v1/reports", junk + b" " * 4096, token(n)))
+        requests.append(http_post(host, "/v1/reports", body, token(n)))
+        requests.append(http_post(host, "/v1/reports", junk, token(n)))
+        requests.append(http_post(host, "/webhooks/mutate-pods", junk, None))
+        requests.append(http_post(host, "/v1/reports", junk + b" " * 4096, token(n)))
     peak = [before]
     stop = threading.Event()
 

@@ -66,7 +66,15 @@ class _Item:
     report: NodeReport
     future: asyncio.Future[IngestResult]
     loop: asyncio.AbstractEventLoop
-    size_bytes: int = 0
+    held_bytes: int = 0  # the memory it is counted for in the queue
+
+
+def _database_failed(error: BaseException) -> bool:
+    """True when ``error`` is the database's (down, or the connection lost), not one
+    report's values."""
+    return isinstance(error, OperationalError) or (
+        isinstance(error, DBAPIError) and error.connection_invalidated
+    )
 
 
 def _resolve(item: _Item, result: IngestResult | None, error: BaseException | None) -> None:
@@ -151,7 +159,7 @@ class IngestQueue:
         """
         loop = asyncio.get_running_loop()
         held = size_bytes * MEMORY_PER_WIRE_BYTE
-        item = _Item(report=report, future=loop.create_future(), loop=loop, size_bytes=held)
+        item = _Item(report=report, future=loop.create_future(), loop=loop, held_bytes=held)
         with self._bytes_lock:
             if self._queued_bytes + held > self.max_queue_bytes and self._queued_bytes:
                 raise IngestOverloadedError(f"ingest queue holds {self._queued_bytes} bytes")
@@ -170,7 +178,7 @@ class IngestQueue:
 
     def _release(self, item: _Item) -> None:
         with self._bytes_lock:
-            self._queued_bytes -= item.size_bytes
+            self._queued_bytes -= item.held_bytes
 
     def _run(self) -> None:
         while True:
@@ -200,10 +208,9 @@ class IngestQueue:
         try:
             with self.sessions.begin() as session:
                 received_at = self.clock()
+                topology = [item for item in batch if item.report.is_topology_report]
                 samples = [item for item in batch if not item.report.is_topology_report]
-                for item in batch:
-                    if item.report.is_topology_report:
-                        outcomes.append(self._store_one(session, item, received_at))
+                outcomes = [self._store_one(session, item, received_at) for item in topology]
                 if samples:
                     outcomes.extend(self._store_samples(session, samples, received_at))
         except SQLAlchemyError as error:
@@ -234,11 +241,9 @@ class IngestQueue:
                     [self.pool_of(item.report.node_name) for item in items],
                     received_at=received_at,
                 )
-        except (OperationalError, DBAPIError) as error:
-            if error.connection_invalidated or isinstance(error, OperationalError):
-                raise  # the database itself failed: the whole batch fails
-            log.warning("ingest_batch_split", reports=len(items), error=type(error).__name__)
-        except (StatementError, ValueError, TypeError, ArithmeticError) as error:
+        except (DBAPIError, StatementError, ValueError, TypeError, ArithmeticError) as error:
+            if _database_failed(error):
+                raise  # the whole batch fails
             log.warning("ingest_batch_split", reports=len(items), error=type(error).__name__)
         else:
             return [
@@ -263,9 +268,9 @@ class IngestQueue:
             return (item, result, None)
         except (TopologyUnknownError, GpuOwnedError) as error:
             return (item, None, error)
-        except (OperationalError, DBAPIError) as error:
-            if error.connection_invalidated or isinstance(error, OperationalError):
-                raise  # the database itself failed: the whole batch fails
+        except DBAPIError as error:
+            if _database_failed(error):
+                raise  # the whole batch fails
             log.error("report_not_storable", node=item.report.node_name, error=type(error).__name__)
             return (item, None, ReportNotStorableError(type(error).__name__))
         except (StatementError, ValueError, TypeError, ArithmeticError) as error:

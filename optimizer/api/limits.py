@@ -34,9 +34,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send, 413, f"request body over {self.limit} bytes")
+        header = dict(scope.get("headers") or []).get(b"content-length")
+        declared = int(header) if header is not None and header.isdigit() else None
+        if declared is not None and declared > self.limit:
+            await self._too_large(send)
             return
         seen = 0
         held = 0
@@ -50,7 +51,7 @@ class BodyLimit:
             held += size
             return True
 
-        if declared is not None and declared.isdigit() and not hold(int(declared)):
+        if declared is not None and not hold(declared):
             await self._busy(send)
             return
 
@@ -61,7 +62,7 @@ class BodyLimit:
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     refused = True
-                    await self._refuse(send, 413, f"request body over {self.limit} bytes")
+                    await self._too_large(send)
                     return {"type": "http.disconnect"}
                 if seen > held and not hold(seen - held):  # a chunked body grows
                     refused = True
@@ -81,6 +82,9 @@ class BodyLimit:
             # the route saw the body end early (ClientDisconnect): the refusal is sent
         finally:
             self.held -= held
+
+    async def _too_large(self, send: Send) -> None:
+        await self._refuse(send, 413, f"request body over {self.limit} bytes")
 
     async def _busy(self, send: Send) -> None:
         await self._refuse(

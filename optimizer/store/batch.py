@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Final
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, select
 
 from optimizer.store.models import Gpu, Node
 from optimizer.store.reports import IngestResult, TopologyUnknownError
@@ -31,9 +31,6 @@ from optimizer.store.samples import (
     writer_for,
 )
 from shared.report import NodeReport
-
-_NODES: Final[Table] = Node.__table__  # type: ignore[assignment]
-_GPUS: Final[Table] = Gpu.__table__  # type: ignore[assignment]
 
 Outcome = IngestResult | TopologyUnknownError
 _RESEND: Final = IngestResult(stored=False, topology_changed=False, samples=0)
@@ -57,41 +54,38 @@ def store_samples_batch(
     if any(report.is_topology_report for report in reports):
         raise ValueError("store_samples_batch takes samples reports only")
     names = sorted({report.node_name for report in reports})
-    known = set(connection.execute(select(_NODES.c.name).where(_NODES.c.name.in_(names))).scalars())
+    known = set(connection.execute(select(Node.name).where(Node.name.in_(names))).scalars())
     gpus_of: dict[str, set[str]] = defaultdict(set)
     for uuid, node in connection.execute(
-        select(_GPUS.c.uuid, _GPUS.c.node_name).where(_GPUS.c.node_name.in_(names))
+        select(Gpu.uuid, Gpu.node_name).where(Gpu.node_name.in_(names))
     ):
         gpus_of[node].add(uuid)
 
-    resent = stored_receipts(connection, [report_key(report) for report in reports])
+    keys = [report_key(report) for report in reports]
+    resent = stored_receipts(connection, keys)
     outcomes: dict[int, Outcome] = {}
     accepted: set[Key] = set()  # stored now or before: the same key again is a resend
     valid: list[int] = []
-    for i, report in enumerate(reports):
-        key = report_key(report)
+    for i, (report, key) in enumerate(zip(reports, keys, strict=True)):
         if key in accepted or key in resent:  # nothing is checked or written again
             outcomes[i] = _RESEND
         elif report.node_name not in known:
-            outcomes[i] = TopologyUnknownError(f"node {report.node_name} has sent no topology yet")
+            outcomes[i] = TopologyUnknownError.no_topology(report.node_name)
         elif missing := sorted({s.gpu_uuid for s in report.samples} - gpus_of[report.node_name]):
-            outcomes[i] = TopologyUnknownError(
-                f"node {report.node_name} reported samples for GPUs not in its topology: "
-                + ", ".join(missing)
-            )
+            outcomes[i] = TopologyUnknownError.foreign_gpus(report.node_name, missing)
         else:
             accepted.add(key)
             valid.append(i)
-    new = writer_for(connection).receipts(
-        sorted(report_key(reports[i]) for i in valid), received_at=received_at
-    )
-    stored = [i for i in valid if report_key(reports[i]) in new]
+    new = writer_for(connection).receipts(sorted(keys[i] for i in valid), received_at=received_at)
+    stored = []
     for i in valid:
-        outcomes[i] = (
-            IngestResult(stored=True, topology_changed=False, samples=len(reports[i].samples))
-            if report_key(reports[i]) in new
-            else _RESEND  # another replica stored it since
-        )
+        if keys[i] in new:
+            stored.append(i)
+            outcomes[i] = IngestResult(
+                stored=True, topology_changed=False, samples=len(reports[i].samples)
+            )
+        else:
+            outcomes[i] = _RESEND  # another replica stored it since
     if stored:
         write_samples(connection, [reports[i] for i in stored])
         advance_nodes(

@@ -39,6 +39,18 @@ _LINKS: Final[Table] = GpuLinkRow.__table__  # type: ignore[assignment]
 class TopologyUnknownError(LookupError):
     """A samples report for a node (or GPU) whose topology the optimizer does not have."""
 
+    @classmethod
+    def no_topology(cls, node: str) -> TopologyUnknownError:
+        """The node has never sent its topology."""
+        return cls(f"node {node} has sent no topology yet")
+
+    @classmethod
+    def foreign_gpus(cls, node: str, missing: Sequence[str]) -> TopologyUnknownError:
+        """Samples for GPUs (``missing``, sorted) that are not in the node's topology."""
+        return cls(
+            f"node {node} reported samples for GPUs not in its topology: " + ", ".join(missing)
+        )
+
 
 class GpuOwnedError(ValueError):
     """A topology report claims GPUs another, live node owns (a GPU UUID belongs to one
@@ -104,7 +116,7 @@ def ingest_report(
         return IngestResult(stored=False, topology_changed=False, samples=0)
     node = session.get(Node, report.node_name, with_for_update=True)
     if node is None and not report.is_topology_report:
-        raise TopologyUnknownError(f"node {report.node_name} has sent no topology yet")
+        raise TopologyUnknownError.no_topology(report.node_name)
     if node is None:
         node = Node(
             name=report.node_name,
@@ -306,10 +318,7 @@ def _store_samples(session: Session, report: NodeReport) -> None:
         )
     }
     if missing := sorted(set(uuids) - owned):
-        raise TopologyUnknownError(
-            f"node {report.node_name} reported samples for GPUs not in its topology: "
-            + ", ".join(missing)
-        )
+        raise TopologyUnknownError.foreign_gpus(report.node_name, missing)
     write_samples(session.connection(), [report])
 
 

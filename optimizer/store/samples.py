@@ -16,17 +16,14 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Table, select, tuple_
 
-from optimizer.store.models import Gpu, Node, ReportReceipt, Rollup, Sample, WorkloadUsage
+from optimizer.store.models import ReportReceipt, Sample, WorkloadUsage
 from shared.report import NodeReport
 
 #: Rollup levels and their bucket sizes.
 ROLLUP_LEVELS: Final = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1)}
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
-_NODES: Final[Table] = Node.__table__  # type: ignore[assignment]
-_GPUS: Final[Table] = Gpu.__table__  # type: ignore[assignment]
 _RECEIPTS: Final[Table] = ReportReceipt.__table__  # type: ignore[assignment]
-_ROLLUPS: Final[Table] = Rollup.__table__  # type: ignore[assignment]
 _SAMPLES: Final[Table] = Sample.__table__  # type: ignore[assignment]
 _USAGE: Final[Table] = WorkloadUsage.__table__  # type: ignore[assignment]
 
@@ -101,27 +98,26 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
     new and whose GPUs are their nodes') in the caller's transaction."""
     samples: list[Row] = []
     usage: list[Row] = []
-    latest: dict[str, tuple[datetime, Any]] = {}
+    latest: dict[str, tuple[Row, Any]] = {}  # uuid -> (its newest samples row, sample)
     rollups: dict[tuple[str, str, datetime], list[Any]] = {}
     for report in reports:
         at, node = report.collected_at, report.node_name
         buckets = [(level, bucket_start(at, size)) for level, size in ROLLUP_LEVELS.items()]
         for s in report.samples:
-            samples.append(
-                (
-                    s.gpu_uuid,
-                    node,
-                    at,
-                    s.util_ratio,
-                    s.memory_used_bytes,
-                    s.power_w,
-                    s.energy_j,
-                    s.temperature_c,
-                    s.sm_clock_hz,
-                    len(s.processes),
-                    s.xid_total,
-                )
+            row = (
+                s.gpu_uuid,
+                node,
+                at,
+                s.util_ratio,
+                s.memory_used_bytes,
+                s.power_w,
+                s.energy_j,
+                s.temperature_c,
+                s.sm_clock_hz,
+                len(s.processes),
+                s.xid_total,
             )
+            samples.append(row)
             usage.extend(
                 (
                     at,
@@ -137,15 +133,15 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
                 for p in s.processes
             )
             kept = latest.get(s.gpu_uuid)
-            if kept is None or at >= kept[0]:  # a late report never overwrites
-                latest[s.gpu_uuid] = (at, s)
+            if kept is None or at >= kept[0][2]:  # a late report never overwrites
+                latest[s.gpu_uuid] = (row, s)
             util = s.util_ratio or 0.0
             memory = s.memory_used_bytes or 0
             power = s.power_w or 0.0
             temperature = s.temperature_c or 0.0
             for level, start in buckets:
-                row = rollups.get((s.gpu_uuid, level, start))
-                if row is None:
+                total = rollups.get((s.gpu_uuid, level, start))
+                if total is None:
                     rollups[(s.gpu_uuid, level, start)] = [
                         1,
                         util,
@@ -156,13 +152,13 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
                         temperature,
                     ]
                 else:
-                    row[0] += 1
-                    row[1] += util
-                    row[2] = max(row[2], util)
-                    row[3] += float(memory)
-                    row[4] = max(row[4], memory)
-                    row[5] += power
-                    row[6] = max(row[6], temperature)
+                    total[0] += 1
+                    total[1] += util
+                    total[2] = max(total[2], util)
+                    total[3] += float(memory)
+                    total[4] = max(total[4], memory)
+                    total[5] += power
+                    total[6] = max(total[6], temperature)
     if not samples:
         return
     writer = writer_for(connection)
@@ -171,22 +167,8 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
     if usage:
         usage.sort(key=lambda row: (row[2], row[0], row[7]))
         writer.insert(_USAGE, _USAGE_COLUMNS, usage)
-    writer.latest(
-        [
-            (
-                uuid,
-                at,
-                s.util_ratio,
-                s.memory_used_bytes,
-                s.power_w,
-                s.energy_j,
-                s.temperature_c,
-                len(s.processes),
-                s,
-            )
-            for uuid, (at, s) in sorted(latest.items())
-        ]
-    )
+    # the samples row's uuid, at, util, memory, power, energy, temperature, process count
+    writer.latest([(row[0], *row[2:8], row[9], s) for _, (row, s) in sorted(latest.items())])
     writer.rollups([(*key, *values) for key, values in sorted(rollups.items())])
 
 
@@ -219,15 +201,24 @@ def stored_receipts(connection: Connection, keys: Sequence[Key]) -> set[Key]:
     if not keys:
         return set()
     c = _RECEIPTS.c
-    return {
-        (name, sequence, at)
-        for name, sequence, at in connection.execute(
-            select(c.node_name, c.sequence, c.collected_at).where(
-                tuple_(c.node_name, c.sequence).in_(sorted({(n, s) for n, s, _ in keys}))
-            )
+    wanted = set(keys)
+    found = connection.execute(
+        select(c.node_name, c.sequence, c.collected_at).where(
+            tuple_(c.node_name, c.sequence).in_(sorted({(n, s) for n, s, _ in wanted}))
         )
-        if (name, sequence, at) in set(keys)
-    }
+    )
+    return {key for key in map(tuple, found) if key in wanted}
+
+
+def _rollup_merge(greatest: str) -> str:
+    """The rollup upsert's conflict clause: add sums and counts, keep maxima (``greatest``
+    is the two-argument maximum of the database's SQL)."""
+    added = ("samples", "util_sum", "memory_used_sum", "power_sum_w")
+    kept = ("util_max", "memory_used_max", "temperature_max_c")
+    return "ON CONFLICT (gpu_uuid, level, bucket_start) DO UPDATE SET " + ", ".join(
+        [f"{c} = rollups.{c} + excluded.{c}" for c in added]
+        + [f"{c} = {greatest}(rollups.{c}, excluded.{c})" for c in kept]
+    )
 
 
 def writer_for(connection: Connection) -> _Postgres | _Sqlite:
@@ -318,14 +309,7 @@ class _Postgres:
         names = ", ".join(_ROLLUP_COLUMNS)
         self.connection.exec_driver_sql(
             f"INSERT INTO rollups ({names}) SELECT {names} FROM {source} "
-            "ON CONFLICT (gpu_uuid, level, bucket_start) DO UPDATE SET "
-            "samples = rollups.samples + excluded.samples, "
-            "util_sum = rollups.util_sum + excluded.util_sum, "
-            "util_max = greatest(rollups.util_max, excluded.util_max), "
-            "memory_used_sum = rollups.memory_used_sum + excluded.memory_used_sum, "
-            "memory_used_max = greatest(rollups.memory_used_max, excluded.memory_used_max), "
-            "power_sum_w = rollups.power_sum_w + excluded.power_sum_w, "
-            "temperature_max_c = greatest(rollups.temperature_max_c, excluded.temperature_max_c)",
+            + _rollup_merge("greatest"),
             params,
         )
 
@@ -409,15 +393,7 @@ class _Sqlite:
         names = ", ".join(_ROLLUP_COLUMNS)
         marks = ", ".join("?" for _ in _ROLLUP_COLUMNS)
         self.connection.exec_driver_sql(
-            f"INSERT INTO rollups ({names}) VALUES ({marks}) "
-            "ON CONFLICT (gpu_uuid, level, bucket_start) DO UPDATE SET "
-            "samples = samples + excluded.samples, "
-            "util_sum = util_sum + excluded.util_sum, "
-            "util_max = max(util_max, excluded.util_max), "
-            "memory_used_sum = memory_used_sum + excluded.memory_used_sum, "
-            "memory_used_max = max(memory_used_max, excluded.memory_used_max), "
-            "power_sum_w = power_sum_w + excluded.power_sum_w, "
-            "temperature_max_c = max(temperature_max_c, excluded.temperature_max_c)",
+            f"INSERT INTO rollups ({names}) VALUES ({marks}) " + _rollup_merge("max"),
             self._rows(_ROLLUP_COLUMNS, rows),
         )
 
