@@ -5,8 +5,9 @@ import json
 import logging
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,6 +16,9 @@ from shared.logs import configure_logging
 from shared.schema import ReportError, parse_report, report_json_schema
 from shared.topology import best_connected_gpus, gpus_by_numa_node, nvlink_islands
 from shared.version import __version__
+
+if TYPE_CHECKING:
+    from optimizer.simulate.replay import ReplayCluster, ReplayPolicy, ReplayResult, TraceJob
 
 app = typer.Typer(
     name="stowage",
@@ -119,6 +123,106 @@ def simulate_fill(
             f"mean alloc {statistics.mean(finals):.2f}% (stdev {statistics.stdev(finals):.2f}) "
             f"over {len(runs)} seeds"
         )
+
+
+@simulate_app.command("replay")
+def simulate_replay(
+    jobs: Annotated[
+        Path, typer.Option(help="Job table: timestamp,duration,num_gpus,…,cluster (Philly).")
+    ],
+    cluster: Annotated[
+        Path | None, typer.Option(help="Cluster YAML: pools and queues (see docs).")
+    ] = None,
+    vcs: Annotated[
+        Path | None,
+        typer.Option(help="'vc,node num' table: one queue and pool of 8-GPU nodes per VC."),
+    ] = None,
+    load: Annotated[
+        float | None,
+        typer.Option(help="With --vcs: size each VC so its offered GPU load is this."),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--from", help="Keep jobs submitted from this date.")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--to", help="…and before this date.")] = None,
+    policy: Annotated[str, typer.Option(help="Scheduling policy.")] = "stowage",
+    seed: Annotated[int, typer.Option(help="Seed (noisy estimates).")] = 0,
+    borrow: Annotated[
+        bool, typer.Option(help="With --vcs: share all nodes, queues borrow idle quota.")
+    ] = False,
+    depth: Annotated[int, typer.Option(help="Jobs of each queue a cycle looks at.")] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Replay a job trace through the scheduling cycle: JCT, waits, utilisation, fairness."""
+    from optimizer.simulate.replay import (
+        POLICIES,
+        TraceError,
+        load_cluster,
+        load_jobs,
+        load_vcs,
+        size_for_load,
+        vc_cluster,
+    )
+
+    def fail(message: str) -> typer.Exit:
+        typer.echo(f"stowage simulate replay: {message}", err=True)
+        return typer.Exit(2)
+
+    if policy not in POLICIES:
+        raise fail(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+    if (cluster is None) == (vcs is None):
+        raise fail("give exactly one of --cluster and --vcs")
+    if load is not None and vcs is None:
+        raise fail("--load needs --vcs")
+    try:
+        trace = load_jobs(jobs, since=since, until=until)
+        if vcs is not None:
+            sizes = load_vcs(vcs)
+            if load is not None:
+                sizes = size_for_load([j for j in trace if j.queue in sizes], sizes, load)
+            spec = vc_cluster(sizes, borrowing=borrow)
+        else:
+            assert cluster is not None
+            spec = load_cluster(cluster)
+        if not trace:
+            raise fail("no jobs in the window")
+        result = _replay_with_progress(trace, spec, POLICIES[policy], seed, depth)
+    except (TraceError, ValueError) as error:
+        raise fail(str(error)) from None
+    if as_json:
+        typer.echo(json.dumps(result.as_json()))
+        return
+    skipped = ", ".join(f"{n} {why}" for why, n in result.skipped.items()) or "none"
+    typer.echo(
+        f"policy={result.policy} jobs={result.jobs} nodes={result.nodes} "
+        f"avg_jct={result.avg_jct_s:,.0f}s median_jct={result.median_jct_s:,.0f}s "
+        f"p99_jct={result.p99_jct_s:,.0f}s avg_wait={result.avg_wait_s:,.0f}s "
+        f"max_wait={result.max_wait_s:,.0f}s utilisation={result.utilisation:.3f} "
+        f"preemptions={result.preemptions} fairness={result.fairness:.3f} "
+        f"skipped: {skipped} elapsed={result.elapsed_s:.1f}s"
+    )
+
+
+def _replay_with_progress(
+    trace: "Sequence[TraceJob]",
+    spec: "ReplayCluster",
+    policy: "ReplayPolicy",
+    seed: int,
+    depth: int,
+) -> "ReplayResult":
+    """A progress bar over finished jobs on a terminal, nothing when piped."""
+    from rich.progress import Progress
+
+    from optimizer.simulate.replay import Replay
+
+    if not sys.stderr.isatty():
+        return Replay(trace, spec, policy, seed=seed, depth=depth).run()
+    with Progress(transient=True) as bar:
+        task = bar.add_task(f"replaying {policy.name}", total=len(trace))
+        run = Replay(
+            trace, spec, policy, seed=seed, depth=depth, progress=lambda n: bar.advance(task, n)
+        )
+        return run.run()
 
 
 @app.command()

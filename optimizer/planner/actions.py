@@ -10,20 +10,26 @@ room only once they are gone, so the job is placed by a later cycle. The next is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
 import numpy as np
 
+from optimizer.planner.cluster import PodRequest
 from optimizer.planner.filters import resource_shortfalls, summarise
 from optimizer.planner.framework import Registry
 from optimizer.planner.gangs import GangRequest, place_gang
 from optimizer.planner.objects import PodInfo
+from optimizer.planner.ordering import KeyFunction, SortKey
 from optimizer.planner.plan import (
     FILTERED,
+    NO_QUEUE,
     NO_ROOM,
     PREEMPTING,
+    QUOTA,
+    RESERVED,
     UNSUPPORTED,
     Admit,
     Evict,
@@ -32,6 +38,7 @@ from optimizer.planner.plan import (
     Wait,
 )
 from optimizer.planner.policies import Placement
+from optimizer.planner.queues import demand, placed_demand
 from optimizer.planner.session import Masks, Session
 
 Decision = Admit | Evict
@@ -45,11 +52,6 @@ class Action(Protocol):
 
 
 ACTIONS: Final[Registry[Action]] = Registry("action")
-
-
-def job_order(job: Job) -> tuple[int, str, str, str]:
-    """Higher priority first, then the oldest, then by name (kube-scheduler's queue order)."""
-    return (-job.priority, job.created, job.namespace, job.name)
 
 
 def _members(job: Job) -> list[PodInfo]:
@@ -70,9 +72,17 @@ def _members(job: Job) -> list[PodInfo]:
     return members
 
 
-def place_job(session: Session, job: Job, *, commit: bool = True) -> Admit | Wait:
+#: Called with each member's request and node row while a job's placement is applied, before
+#: it is kept: (wait code, reason) to refuse it, or None.
+Check = Callable[[Sequence[tuple[PodRequest, int]]], "tuple[str, str] | None"]
+
+
+def place_job(
+    session: Session, job: Job, *, commit: bool = True, check: Check | None = None
+) -> Admit | Wait:
     """Place ``job`` on the session whole, or say why not. With ``commit`` the placement is
-    kept in the session; without, it is only tried (for preemption's trials)."""
+    kept in the session; without, it is only tried (for preemption's trials). ``check``
+    may refuse a placement found (quota per GPU model, a backfill reservation)."""
     if job.managed:
         unsupported = sorted({u for p in job.pending for u in p.unsupported})
         if unsupported:
@@ -90,18 +100,26 @@ def place_job(session: Session, job: Job, *, commit: bool = True) -> Admit | Wai
     for only_preferred in (True, False) if preferred else (False,):
         masks = session.install_masks(job, members, preferred=only_preferred)
         try:
-            outcome = _place(session, job, members, masks, commit=commit)
+            outcome = _place(session, job, members, masks, commit=commit, check=check)
         finally:
             session.remove_masks(masks)
         if isinstance(outcome, Admit):
             return outcome
         last = outcome
+        if outcome.code in (QUOTA, RESERVED):
+            break
     assert last is not None
     return last
 
 
 def _place(
-    session: Session, job: Job, members: Sequence[PodInfo], masks: Masks, *, commit: bool
+    session: Session,
+    job: Job,
+    members: Sequence[PodInfo],
+    masks: Masks,
+    *,
+    commit: bool,
+    check: Check | None,
 ) -> Admit | Wait:
     state = session.state
     total = len(state.names)
@@ -148,6 +166,11 @@ def _place(
     except ValueError as error:  # the policy and the state disagree: never half a gang
         statement.discard()
         return Wait(job, f"internal planner error, nothing placed: {error}", NO_ROOM)
+    if check is not None:
+        refused = check([(r, p.node) for p, r in zip(placements, requests, strict=False)])
+        if refused is not None:
+            statement.discard()
+            return Wait(job, refused[1], refused[0])
     if commit:
         statement.commit()
     else:
@@ -159,28 +182,329 @@ def _place(
     return Admit(job, pods, domain)
 
 
+def _shape(job: Job, queue: str | None) -> tuple[object, ...]:
+    """Equal for jobs that fit or fail alike (same members' requests and constraints, same
+    queue); a shape that failed stays failed for the rest of a cycle that only allocates."""
+    members = tuple(
+        (
+            p.request,
+            p.constraint_signature(),
+            p.anti_affinity,
+            tuple(sorted(p.labels.items())),
+            p.preferred_terms,
+            p.unsupported,
+        )
+        for p in _members(job)
+    )
+    return (members, job.size, job.topology_level, job.required, job.managed, queue)
+
+
+def _quota_check(session: Session, queue: str | None) -> Check | None:
+    if queue is None:
+        return None
+    state = session.state
+
+    def check(placed: Sequence[tuple[PodRequest, int]]) -> tuple[str, str] | None:
+        used = placed_demand((r, state.models[state.model_id[row]]) for r, row in placed)
+        refused = session.book.check(queue, used)
+        return None if refused is None else (QUOTA, refused)
+
+    return check
+
+
+def _admitted(session: Session, admit: Admit, queue: str | None) -> None:
+    if queue is not None:
+        state = session.state
+        session.book.add(
+            queue,
+            placed_demand(
+                (p.request, state.models[state.model_id[state.names.index(p.node)]])
+                for p in admit.pods
+            ),
+        )
+    session.admitted.append(admit)
+
+
+@dataclass
+class _Line:
+    """One queue's jobs in its order."""
+
+    queue: str | None
+    ordering: str
+    jobs: list[tuple[SortKey, Job]]
+    at: int = 0
+
+    @property
+    def head(self) -> tuple[SortKey, Job] | None:
+        return self.jobs[self.at] if self.at < len(self.jobs) else None
+
+
+def queue_lines(session: Session, jobs: Sequence[Job]) -> list[_Line]:
+    """``jobs`` by queue, each line in its queue's order; a job naming a queue that does
+    not exist waits in ``session.unplaced`` (Kueue: "LocalQueue doesn't exist")."""
+    queues = session.snapshot.queues
+    now = session.snapshot.now_s
+    lines: dict[str | None, _Line] = {}
+    keys: dict[str | None, KeyFunction] = {}
+    for job in jobs:
+        queue = queues.resolve(job.queue, job.namespace) if queues else None
+        key = keys.get(queue)
+        if key is None:
+            if queue is not None and queue not in queues.specs:
+                session.unplaced[job.key] = Wait(job, f"queue {queue} does not exist", NO_QUEUE)
+                continue
+            ordering = session.ordering_of(queue)
+            key = keys[queue] = ordering.key
+            lines[queue] = _Line(queue, ordering.name, [])
+        lines[queue].jobs.append((key(job, job.gpus, now), job))
+    for line in lines.values():
+        line.jobs.sort(key=lambda item: item[0])
+    return list(lines.values())
+
+
+def _next_line(session: Session, lines: Sequence[_Line]) -> _Line | None:
+    """Fair share: the line whose queue would have the lowest weighted dominant share of
+    what it borrows once its head is admitted; ties to the best head when the lines share
+    an ordering, then by name."""
+    best: tuple[object, ...] | None = None
+    chosen = None
+    for line in lines:
+        head = line.head
+        if head is None:
+            continue
+        share = 0.0
+        if line.queue is not None:
+            share = session.book.share(line.queue, demand(p.request for p in head[1].pending))
+        rank = (share, line.ordering, head[0], line.queue or "")
+        if best is None or rank < best:
+            best, chosen = rank, line
+    return chosen
+
+
 @dataclass(frozen=True)
 class Allocate:
-    """Place every job in order; the ones that do not fit wait in ``session.unplaced``."""
+    """Serve the queues in fair-share order, each in its own order, placing each job whole
+    or not at all; what does not fit waits in ``session.unplaced``. In a strict session a
+    queue stops at its first job that does not fit (``backfill`` may then go around it)."""
 
     name: str = "allocate"
 
     def execute(self, session: Session) -> list[Decision]:
         decisions: list[Decision] = []
-        for job in sorted(session.snapshot.jobs, key=job_order):
-            outcome = place_job(session, job)
+        failed: dict[tuple[object, ...], Wait] = {}
+        lines = queue_lines(session, session.snapshot.jobs)
+        while (line := _next_line(session, lines)) is not None:
+            _, job = line.jobs[line.at]
+            line.at += 1
+            outcome = _try(session, job, line.queue, failed)
             if isinstance(outcome, Admit):
                 decisions.append(outcome)
-            else:
+                continue
+            session.unplaced[job.key] = outcome
+            if session.strict and outcome.code in (NO_ROOM, QUOTA):
+                session.blocked[line.queue] = (job, [j for _, j in line.jobs[line.at :]])
+                for _, behind in line.jobs[line.at :]:
+                    session.unplaced[behind.key] = Wait(
+                        behind, f"waiting behind {job.label} in its queue", NO_ROOM
+                    )
+                line.at = len(line.jobs)
+        return decisions
+
+
+def _try(
+    session: Session,
+    job: Job,
+    queue: str | None,
+    failed: dict[tuple[object, ...], Wait],
+    check: Check | None = None,
+) -> Admit | Wait:
+    """Place ``job`` against its queue's quota (and ``check``), or say why not; ``failed``
+    remembers shapes that did not fit, so a cycle tries each shape once."""
+    shape = _shape(job, queue)
+    if shape in failed and check is None:
+        return replace(failed[shape], job=job)
+    if queue is not None:
+        refused = session.book.check(queue, demand(p.request for p in _members(job)))
+        if refused is not None:
+            return Wait(job, refused, QUOTA)
+    quota = _quota_check(session, queue)
+    combined = quota
+    if check is not None:
+
+        def combined(placed: Sequence[tuple[PodRequest, int]]) -> tuple[str, str] | None:
+            return (quota(placed) if quota is not None else None) or check(placed)
+
+    outcome = place_job(session, job, check=combined)
+    if isinstance(outcome, Admit):
+        _admitted(session, outcome, queue)
+    elif outcome.code != RESERVED:
+        failed[shape] = outcome
+    return outcome
+
+
+@dataclass
+class _Reservation:
+    """A blocked head's earliest predicted start and what must have ended by then."""
+
+    head: Job
+    queue: str | None
+    at_s: float
+    bound: list[int]  # bound pods that end before ``at_s``
+    admits: list[Admit]  # this cycle's admissions that end before ``at_s``
+
+
+def _ends(session: Session) -> list[tuple[float, list[int], Admit | None]]:
+    """Everything that holds capacity and has a predicted end, soonest first; pods already
+    being evicted end now."""
+    now = session.snapshot.now_s
+    out: list[tuple[float, list[int], Admit | None]] = []
+    for key, rows in session.gang_rows.items():
+        if any(i in session.evicted for i in rows):
+            out.append((now, rows, None))
+            continue
+        job = session.running.get(key)
+        if job is not None and job.duration_s is not None:
+            out.append((now + job.duration_s, rows, None))
+    for admit in session.admitted:
+        if admit.job.duration_s is not None:
+            out.append((now + admit.job.duration_s, [], admit))
+    out.sort(key=lambda item: item[0])
+    return out
+
+
+def _fits_after(session: Session, head: Job, bound: Sequence[int], admits: Sequence[Admit]) -> bool:
+    """Whether ``head`` would fit once ``bound`` pods and ``admits`` have ended."""
+    statement = session.statement()
+    try:
+        for i in bound:
+            statement.evict(i)
+        for admit in admits:
+            row_of = {name: row for row, name in enumerate(session.state.names)}
+            for pod in admit.pods:
+                statement.free(row_of[pod.node], pod.gpus, pod.request)
+        return isinstance(place_job(session, head, commit=False), Admit)
+    finally:
+        statement.discard()
+
+
+def reservation(session: Session, head: Job, queue: str | None) -> _Reservation | None:
+    """``head``'s earliest predicted start: the fewest soonest-ending holders whose end lets
+    it fit (binary search: freeing more never makes it fit less); None when it would not
+    fit even once everything with a predicted end has ended."""
+    ends = _ends(session)
+
+    def split(count: int) -> tuple[list[int], list[Admit]]:
+        bound = [i for _, rows, admit in ends[:count] if admit is None for i in rows]
+        admits = [admit for _, _, admit in ends[:count] if admit is not None]
+        return bound, admits
+
+    if not ends or not _fits_after(session, head, *split(len(ends))):
+        return None
+    low, high = 1, len(ends)
+    while low < high:
+        middle = (low + high) // 2
+        if _fits_after(session, head, *split(middle)):
+            high = middle
+        else:
+            low = middle + 1
+    bound, admits = split(low)
+    return _Reservation(head, queue, ends[low - 1][0], bound, admits)
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """EASY backfilling behind the heads a strict ``allocate`` stopped at: each head gets a
+    reservation at its earliest predicted start; a job behind it runs now only when it fits
+    and every reservation still holds: it is predicted to end before the reservation, or
+    the head still fits at its reservation with the job still running."""
+
+    name: str = "backfill"
+
+    def execute(self, session: Session) -> list[Decision]:
+        if not session.blocked:
+            return []
+        now = session.snapshot.now_s
+        reservations: list[_Reservation] = []
+        for queue, (head, _) in session.blocked.items():
+            booked = reservation(session, head, queue)
+            if booked is None:
+                continue
+            reservations.append(booked)
+            wait = session.unplaced[head.key]
+            session.unplaced[head.key] = replace(
+                wait,
+                reason=f"{wait.reason.rstrip('.')}; reserved to start in "
+                f"{_span(booked.at_s - now)} (predicted)",
+            )
+        decisions: list[Decision] = []
+        failed: dict[tuple[object, ...], Wait] = {}
+        lines = [
+            _Line(
+                queue,
+                session.ordering_of(queue).name,
+                [(session.order_key(j, queue), j) for j in rest],
+            )
+            for queue, (_, rest) in session.blocked.items()
+        ]
+        while (line := _next_line(session, lines)) is not None:
+            _, job = line.jobs[line.at]
+            line.at += 1
+            ends_at = now + job.duration_s if job.duration_s is not None else math.inf
+            check = _keeps(session, reservations, ends_at)
+            outcome = _try(session, job, line.queue, failed, check)
+            if isinstance(outcome, Admit):
+                heads = ", ".join(r.head.label for r in reservations) or "none"
+                outcome = replace(outcome, note=f"backfilled; reservations kept: {heads}")
+                session.admitted[-1] = outcome
+                session.unplaced.pop(job.key, None)
+                decisions.append(outcome)
+            elif outcome.code in (RESERVED, QUOTA, NO_ROOM):
                 session.unplaced[job.key] = outcome
         return decisions
 
 
+def _keeps(session: Session, reservations: Sequence[_Reservation], ends_at: float) -> Check:
+    def check(placed: Sequence[tuple[PodRequest, int]]) -> tuple[str, str] | None:
+        for booked in reservations:
+            if ends_at <= booked.at_s:
+                continue
+            if not _fits_after(session, booked.head, booked.bound, booked.admits):
+                return (
+                    RESERVED,
+                    f"would delay {booked.head.label}, which has room reserved from "
+                    f"{_span(booked.at_s - session.snapshot.now_s)} from now",
+                )
+        return None
+
+    return check
+
+
+def _span(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7_200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3_600:.1f} h"
+
+
+@dataclass(frozen=True)
+class _Victim:
+    gang: tuple[str, str]
+    rows: list[int]
+    priority: int
+    behind: SortKey  # its key under a preemptive ordering; () for a priority victim
+    lost_gpu_s: float
+    created: str
+
+
 @dataclass(frozen=True)
 class Preempt:
-    """For each unplaced managed job: the fewest lowest-priority whole gangs (lowest
-    priority, then newest, first) whose eviction lets it fit. Gangs with a member marked
-    non-preemptible, or of the same or higher priority, are never victims."""
+    """For each unplaced managed job: the fewest whole gangs whose eviction lets it fit.
+    Victims are gangs of lower priority (in the job's queue, when it has one), or, under a
+    preemptive ordering (``srtf-oracle``, ``tiresias-las``), gangs of its queue that the
+    ordering ranks behind it; none that ran less than its queue's minimum runtime, and
+    none with a member marked non-preemptible. Lowest priority first, then (preemptive
+    orderings) the furthest behind, then the least work lost (GPU-seconds since start)."""
 
     name: str = "preempt"
 
@@ -188,7 +512,7 @@ class Preempt:
         decisions: list[Decision] = []
         for key, wait in list(session.unplaced.items()):
             job = wait.job
-            if not job.managed or wait.code in (FILTERED, UNSUPPORTED):
+            if not job.managed or wait.code in (FILTERED, UNSUPPORTED, NO_QUEUE):
                 continue
             outcome = self._for(session, job, wait)
             if outcome is None:
@@ -197,6 +521,50 @@ class Preempt:
             session.unplaced[key] = new_wait
             decisions.extend(evictions)
         return decisions
+
+    def _eligible(self, session: Session, job: Job) -> list[_Victim]:
+        bound = session.snapshot.bound
+        queue = session.queue_of(job)
+        ordering = session.ordering_of(queue)
+        job_key = session.order_key(job, queue) if ordering.preemptive else ()
+        now = session.snapshot.now_s
+        out = []
+        for gang, rows in session.gang_rows.items():
+            if gang == job.key or any(i in session.evicted for i in rows):
+                continue
+            if all(bound[i].terminating for i in rows):
+                continue
+            if not all(bound[i].info.preemptible for i in rows):
+                continue
+            their_queue = bound[rows[0]].queue
+            if queue is not None and their_queue != queue:
+                continue
+            running = session.running.get(gang)
+            priority = max(bound[i].info.priority for i in rows)
+            behind: SortKey = ()
+            if priority >= job.priority:
+                if not ordering.preemptive or priority > job.priority or running is None:
+                    continue
+                their_key = session.running_key(running, their_queue)
+                if not their_key > job_key:
+                    continue
+                behind = their_key
+            lost = 0.0
+            if running is not None and running.started_s is not None:
+                spec = session.snapshot.queues.specs.get(their_queue or "")
+                ran = now - running.started_s
+                if spec is not None and ran < spec.min_runtime_s:
+                    continue
+                gpus = sum(bound[i].info.request.gpu_request_milli for i in rows) / 1000
+                lost = ran * max(gpus, 1.0)
+            newest = max(bound[i].info.created for i in rows)
+            out.append(_Victim(gang, rows, priority, behind, lost, newest))
+        # lowest priority, then furthest behind, then least work lost, then newest
+        out.sort(key=lambda v: v.created, reverse=True)
+        out.sort(key=lambda v: v.lost_gpu_s)
+        out.sort(key=lambda v: v.behind, reverse=True)
+        out.sort(key=lambda v: v.priority)
+        return out
 
     def _for(self, session: Session, job: Job, wait: Wait) -> tuple[Wait, list[Evict]] | None:
         head = wait.reason.rstrip(".")  # kube-scheduler's sentence ends with a full stop
@@ -207,18 +575,7 @@ class Preempt:
             for i, b in enumerate(bound)
             if b.terminating and held[i] is not None and i not in session.evicted
         ]
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i, b in enumerate(bound):
-            if b.gang is not None and b.gang != job.key and held[i] is not None:
-                groups.setdefault(b.gang, []).append(i)
-        eligible = [
-            (gang, rows)
-            for gang, rows in groups.items()
-            if not any(i in session.evicted for i in rows)
-            and not all(bound[i].terminating for i in rows)
-            and all(bound[i].info.preemptible for i in rows)
-            and max(bound[i].info.priority for i in rows) < job.priority
-        ]
+        eligible = self._eligible(session, job)
         statement = session.statement()
         try:
             for i in going:
@@ -234,11 +591,9 @@ class Preempt:
                 )
             if not eligible:
                 return None
-            newest = {g: max(bound[i].info.created for i in rows) for g, rows in eligible}
-            eligible.sort(key=lambda item: newest[item[0]], reverse=True)
-            eligible.sort(key=lambda item: max(bound[i].info.priority for i in item[1]))
             chosen: list[tuple[tuple[str, str], list[int]]] = []
-            for gang, rows in eligible:
+            for victim in eligible:
+                gang, rows = victim.gang, victim.rows
                 for i in rows:
                     statement.evict(i)
                 chosen.append((gang, rows))
@@ -248,8 +603,8 @@ class Preempt:
                 return (
                     Wait(
                         job,
-                        f"{head}; preempting every lower-priority gang "
-                        f"({len(eligible)}) would not make room",
+                        f"{head}; preempting every gang it may ({len(eligible)}) would not "
+                        "make room",
                         wait.code,
                     ),
                     [],
@@ -257,8 +612,13 @@ class Preempt:
         finally:
             statement.discard()
         names = ", ".join(f"{g[0]}/{g[1]}" for g, _ in chosen)
+        by_rank = (
+            ""
+            if all(max(bound[i].info.priority for i in rows) < job.priority for _, rows in chosen)
+            else f" or ranks ahead of them by {session.ordering_of(session.queue_of(job)).name}"
+        )
         why = (
-            f"preempted by gang {job.label} (priority {job.priority}), which needs "
+            f"preempted by gang {job.label} (priority {job.priority}{by_rank}), which needs "
             f"{job.size} pods and cannot fit otherwise"
         )
         evictions = [
@@ -268,9 +628,10 @@ class Preempt:
         ]
         for _, rows in chosen:
             session.evicted.update(rows)
-        reason = f"{head}; preempting {len(chosen)} lower-priority gang(s): {names}"
+        what = "lower-priority gang(s)" if not by_rank else "gang(s)"
+        reason = f"{head}; preempting {len(chosen)} {what}: {names}"
         return Wait(job, reason, PREEMPTING), evictions
 
 
-for _action in (Allocate(), Preempt()):
+for _action in (Allocate(), Backfill(), Preempt()):
     ACTIONS.register(_action.name, _action)

@@ -26,6 +26,7 @@ import structlog
 
 from optimizer.planner.actions import ACTIONS, Decision
 from optimizer.planner.filters import DEFAULT_FILTERS, FILTERS
+from optimizer.planner.ordering import ORDERINGS
 from optimizer.planner.plan import Admit, ClusterSnapshot, Evict, Plan
 from optimizer.planner.policies import DEFAULT_POLICY, PlanContext, policy_or_raise
 from optimizer.planner.session import Session
@@ -33,6 +34,7 @@ from optimizer.planner.session import Session
 log = structlog.get_logger(__name__)
 
 DEFAULT_ACTIONS: Final = ("allocate", "preempt")
+DEFAULT_ORDERING: Final = "priority"
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,16 @@ class CycleConfig:
     policy: str = DEFAULT_POLICY
     actions: tuple[str, ...] = DEFAULT_ACTIONS
     filters: tuple[str, ...] = DEFAULT_FILTERS
+    #: How jobs are ordered in a queue that does not name its own ordering.
+    ordering: str = DEFAULT_ORDERING
+    #: Whether a queue stops at its first job that does not fit; always so when
+    #: ``backfill`` runs (it decides what may go around the stopped job).
+    strict: bool = False
 
     def validate(self) -> None:
         """Raise ValueError naming any unknown plugin."""
         policy_or_raise(self.policy)
+        ORDERINGS.get_or_raise(self.ordering)
         for name in self.actions:
             ACTIONS.get_or_raise(name)
         for name in self.filters:
@@ -69,6 +77,8 @@ def new_session(
         policy=policy_or_raise(config.policy),
         ctx=ctx if ctx is not None else workload_context(snapshot),
         filters=[FILTERS.get_or_raise(name) for name in config.filters],
+        ordering=ORDERINGS.get_or_raise(config.ordering),
+        strict=config.strict or "backfill" in config.actions,
     )
 
 
@@ -79,12 +89,16 @@ def run_cycle(
     number: int = 0,
     cycle_id: str | None = None,
     timer: Callable[[], float] = time.perf_counter,
+    ctx: PlanContext | None = None,
+    quiet: bool = False,
 ) -> Plan:
-    """Run one cycle on ``snapshot`` and return its plan (the snapshot is not changed)."""
+    """Run one cycle on ``snapshot`` and return its plan (the snapshot is not changed).
+    ``ctx``: the score plugins' context (default: built from the snapshot's workload);
+    ``quiet``: no log line (a simulator runs thousands of cycles)."""
     cycle_id = cycle_id or uuid.uuid4().hex[:12]
     timings: dict[str, float] = {}
     started = timer()
-    session = new_session(snapshot, config=config)
+    session = new_session(snapshot, config=config, ctx=ctx)
     timings["session"] = timer() - started
     decisions: list[Decision] = []
     for name in config.actions:
@@ -102,6 +116,8 @@ def run_cycle(
         invalid=snapshot.invalid,
         timings_s=timings,
     )
+    if quiet:
+        return plan
     log.info(
         "cycle planned",
         cycle=number,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Final
 
 from optimizer.planner.cluster import PodRequest
 from optimizer.planner.objects import NodeInfo, PodInfo
+from optimizer.planner.queues import QueueSet, ResourceKey
 from optimizer.planner.snapshot import Snapshot
 
 # Wait codes (module constants so events, the CLI and tests share them).
@@ -15,6 +17,10 @@ NO_ROOM: Final = "no-room"
 FILTERED: Final = "filtered"
 UNSUPPORTED: Final = "unsupported-constraint"
 PREEMPTING: Final = "preempting"
+QUOTA: Final = "quota"
+NO_QUEUE: Final = "no-queue"
+#: Refused so that a blocked job's reserved start is kept (backfill).
+RESERVED: Final = "reserved"
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,14 @@ class Job:
     priority: int = 0
     created: str = ""
     managed: bool = True
+    #: Submission time on the cycle's clock (seconds), for orderings and aging.
+    submitted_s: float = 0.0
+    #: Predicted remaining run time (seconds); None: nobody predicted it.
+    duration_s: float | None = None
+    #: GPU-seconds it has run so far (a preempted job keeps them).
+    attained_gpu_s: float = 0.0
+    #: When it started on the cycle's clock (a running job; None: pending).
+    started_s: float | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -46,6 +60,14 @@ class Job:
     @property
     def label(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @cached_property
+    def gpus(self) -> float:
+        """The GPUs its minimum asks for (its ``size`` largest pending members)."""
+        if len(self.pending) == 1:
+            return self.pending[0].request.gpu_request_milli / 1000
+        milli = sorted((p.request.gpu_request_milli for p in self.pending), reverse=True)
+        return sum(milli[: self.size]) / 1000
 
 
 @dataclass(frozen=True)
@@ -58,6 +80,8 @@ class BoundPod:
     gpus: tuple[int, ...] = ()
     gang: tuple[str, str] | None = None
     terminating: bool = False
+    #: The queue its quota is counted against (None: no queue).
+    queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,15 @@ class ClusterSnapshot:
     bound: tuple[BoundPod, ...] = ()
     jobs: tuple[Job, ...] = ()
     invalid: tuple[Invalid, ...] = ()
+    #: The queues (empty: no quotas, one ordering for every job).
+    queues: QueueSet = field(default_factory=lambda: QueueSet(()))
+    #: Gangs that run now (``pending`` empty), by the key their bound pods' ``gang`` holds:
+    #: what preemption and backfill know about them (start, predicted remaining time).
+    running: tuple[Job, ...] = ()
+    #: The cycle's clock, seconds (the controller's wall clock, the simulator's time).
+    now_s: float = 0.0
+    #: Each queue's decayed past usage per resource, for time-based fair share.
+    usage_history: Mapping[str, Mapping[ResourceKey, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if [n.name for n in self.nodes] != self.base.state.names:
@@ -105,11 +138,16 @@ class Admit:
     job: Job
     pods: tuple[PodPlacement, ...]
     domain: str | None = None
+    #: Why it went now when that needs saying (a backfill ahead of a reservation).
+    note: str = ""
 
     def message(self) -> str:
         where = f" in {self.job.topology_level} {self.domain}" if self.domain else ""
-        return f"admitted {len(self.pods)} pods{where}: " + ", ".join(
-            f"{p.name} -> {p.node}" for p in sorted(self.pods, key=lambda p: p.name)
+        why = f" ({self.note})" if self.note else ""
+        return (
+            f"admitted {len(self.pods)} pods{where}: "
+            + ", ".join(f"{p.name} -> {p.node}" for p in sorted(self.pods, key=lambda p: p.name))
+            + why
         )
 
 

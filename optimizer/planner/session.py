@@ -25,8 +25,10 @@ from optimizer.planner.filters import (
     static_mask,
 )
 from optimizer.planner.objects import HOSTNAME, PodInfo
-from optimizer.planner.plan import ClusterSnapshot, Job, Wait
+from optimizer.planner.ordering import ORDERINGS, Ordering, SortKey
+from optimizer.planner.plan import Admit, ClusterSnapshot, Job, Wait
 from optimizer.planner.policies import PlanContext, Policy
+from optimizer.planner.queues import QuotaBook, demand
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,12 @@ class Statement:
         self._session.ctx.note_placed(self._session.state, row)
         self._ops.append(_Op(row, gpus, pod, allocated=False))
         self.evicted.append(index)
+
+    def free(self, row: int, gpus: Sequence[int], pod: PodRequest) -> None:
+        """Give back what an allocation of this cycle took (a trial of a future state)."""
+        self._session.state.release(row, gpus, pod)
+        self._session.ctx.note_placed(self._session.state, row)
+        self._ops.append(_Op(row, tuple(gpus), pod, allocated=False))
 
     def discard(self) -> None:
         """Undo every change, newest first."""
@@ -118,8 +126,31 @@ class Session:
         policy: Policy,
         ctx: PlanContext,
         filters: Sequence[Filter],
+        ordering: Ordering | None = None,
+        strict: bool = False,
     ) -> None:
         self.snapshot = snapshot
+        #: The default ordering (a queue may name its own).
+        self.ordering = ordering if ordering is not None else ORDERINGS.get_or_raise("priority")
+        #: Whether a queue stops at its first job that does not fit (backfill then decides
+        #: what may go around it); otherwise later jobs are tried (best effort).
+        self.strict = strict
+        #: Quota usage: every bound pod with a queue, then what this cycle admits.
+        self.book = QuotaBook(snapshot.queues, history=snapshot.usage_history)
+        for bound in snapshot.bound:
+            if bound.queue is not None and bound.queue in snapshot.queues.specs:
+                self.book.add(bound.queue, demand([bound.info.request]))
+        #: Running gangs by key (preemption's and backfill's facts about them).
+        self.running = {job.key: job for job in snapshot.running}
+        #: Each gang's bound pods that hold capacity (indices into ``snapshot.bound``).
+        self.gang_rows: dict[tuple[str, str], list[int]] = {}
+        for i, (bound, held) in enumerate(zip(snapshot.bound, snapshot.base.held, strict=False)):
+            if bound.gang is not None and held is not None:
+                self.gang_rows.setdefault(bound.gang, []).append(i)
+        #: What the actions admitted so far, in order.
+        self.admitted: list[Admit] = []
+        #: Queues a strict allocate stopped at: queue -> (its head, the jobs behind it).
+        self.blocked: dict[str | None, tuple[Job, list[Job]]] = {}
         self.state: ClusterState = snapshot.base.state.copy()
         self.policy = policy
         self.ctx = ctx
@@ -142,6 +173,28 @@ class Session:
 
     def statement(self) -> Statement:
         return Statement(self)
+
+    def queue_of(self, job: Job) -> str | None:
+        """The queue whose quota ``job`` uses (None: none; the queues may not have it)."""
+        if not self.snapshot.queues:
+            return None
+        return self.snapshot.queues.resolve(job.queue, job.namespace)
+
+    def ordering_of(self, queue: str | None) -> Ordering:
+        spec = self.snapshot.queues.specs.get(queue) if queue is not None else None
+        if spec is not None and spec.ordering is not None:
+            return ORDERINGS.get_or_raise(spec.ordering)
+        return self.ordering
+
+    def order_key(self, job: Job, queue: str | None) -> SortKey:
+        """``job``'s place in its queue (smallest first)."""
+        return self.ordering_of(queue).key(job, job.gpus, self.snapshot.now_s)
+
+    def running_key(self, job: Job, queue: str | None) -> SortKey:
+        """A running gang's place by the same ordering (GPUs: those its pods hold)."""
+        rows = self.gang_rows.get(job.key, [])
+        gpus = sum(self.snapshot.bound[i].info.request.gpu_request_milli for i in rows) / 1000
+        return self.ordering_of(queue).key(job, gpus, self.snapshot.now_s)
 
     def install_masks(self, job: Job, members: Sequence[PodInfo], *, preferred: bool) -> Masks:
         """Give each member's request a mask of the nodes the filters allow it now (static
