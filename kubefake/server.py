@@ -45,6 +45,7 @@ RESOURCES = (
     "v1/events",
     "coordination.k8s.io/v1/leases",
     "scheduling.x-k8s.io/v1alpha1/podgroups",
+    "stowage.io/v1alpha1/queues",
 )
 
 

@@ -80,3 +80,95 @@ def test_only_the_declared_adapters_build_api_clients() -> None:
         if path not in adapters and builds_client.search(path.read_text())
     ]
     assert offenders == []
+
+
+CRDS = CHART / "crds"
+
+
+def _crd(name: str) -> dict[str, Any]:
+    return dict(yaml.safe_load((CRDS / name).read_text()))
+
+
+def _as_json_schema(schema: Any) -> Any:
+    """The CRD's OpenAPI v3 schema as JSON Schema: boolean exclusiveMinimum becomes the
+    draft-7 form, int-or-string fields accept both (the ``x-kubernetes-*`` keys are
+    ignored by jsonschema; CEL rules are the API server's to run)."""
+    if isinstance(schema, list):
+        return [_as_json_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _as_json_schema(v) for k, v in schema.items()}
+    if out.pop("exclusiveMinimum", None) is True:
+        out["exclusiveMinimum"] = out.pop("minimum")
+    if out.get("x-kubernetes-int-or-string"):
+        out["type"] = ["integer", "string"]
+    return out
+
+
+def test_the_queue_crd_is_valid_and_its_columns_show_what_the_controller_writes() -> None:
+    from optimizer.controller.queues import queue_status
+    from optimizer.planner.cluster import ClusterState
+    from optimizer.planner.plan import ClusterSnapshot, Plan
+    from optimizer.planner.queues import QueueSet, QueueSpec
+    from optimizer.planner.snapshot import Snapshot
+
+    crd = _crd("queues.stowage.io.yaml")
+    kubernetes_validate.validate(crd, KUBERNETES_VERSION, strict=True)
+    [version] = crd["spec"]["versions"]
+    snapshot = ClusterSnapshot(
+        nodes=(),
+        base=Snapshot(state=ClusterState.from_nodes([])),
+        queues=QueueSet([QueueSpec("q")]),
+    )
+    written = queue_status(snapshot, Plan("c", 0), {"q": 1})["q"]
+    status_schema = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert set(written) <= set(status_schema)
+    for column in version["additionalPrinterColumns"]:
+        path = column["jsonPath"]
+        if path.startswith(".status."):
+            assert path.removeprefix(".status.") in written, path
+
+
+QUEUE_CASES = [
+    ({"resources": [{"name": "nvidia.com/gpu", "nominalQuota": 16}]}, None),
+    (
+        {
+            "parent": "org",
+            "weight": 2,
+            "namespaces": ["ml"],
+            "ordering": "stowage",
+            "resources": [
+                {"name": "nvidia.com/gpu", "model": "H100", "nominalQuota": "8", "lendingLimit": 4},
+                {"name": "memory", "nominalQuota": "1Ti", "borrowingLimit": "512Gi"},
+            ],
+        },
+        None,
+    ),
+    ({"weight": 0, "resources": []}, "weight"),
+    ({"resources": [{"name": "nvidia.com/gpus", "nominalQuota": 1}]}, "name"),
+    ({"resources": [{"name": "cpu", "nominalQuota": "lots"}]}, "nominalQuota"),
+    ({"ordering": "random", "resources": []}, "ordering"),
+]
+
+
+@pytest.mark.parametrize(("spec", "refused"), QUEUE_CASES)
+def test_the_crd_schema_and_the_controller_agree_on_queues(
+    spec: dict[str, Any], refused: str | None
+) -> None:
+    import jsonschema
+
+    from optimizer.controller.queues import QueueSpecError, queue_spec
+
+    [version] = _crd("queues.stowage.io.yaml")["spec"]["versions"]
+    schema = _as_json_schema(version["schema"]["openAPIV3Schema"])
+    obj = {"apiVersion": "stowage.io/v1alpha1", "kind": "Queue", "metadata": {"name": "q"}}
+    obj["spec"] = spec
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors(obj))
+    if refused is None:
+        assert errors == []
+        queue_spec(obj)
+    else:
+        assert errors, "the CRD schema accepts it"
+        assert any(refused in ".".join(map(str, e.absolute_path)) for e in errors)
+        with pytest.raises(QueueSpecError, match=refused):
+            queue_spec(obj)

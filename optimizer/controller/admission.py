@@ -44,6 +44,7 @@ from optimizer.controller.commit import (
 from optimizer.controller.kube import KubeApi, KubeError, NotFoundError, TooManyRequestsError
 from optimizer.controller.observe import Observed, OpenIntent, observe, pod_info
 from optimizer.controller.pods import is_gated, pinned_node
+from optimizer.controller.queues import queue_status
 from optimizer.planner.cycle import CycleConfig, run_cycle
 from optimizer.planner.filters import FILTERS, Filter, static_mask
 from optimizer.planner.objects import NodeInfo
@@ -125,6 +126,8 @@ class GangAdmitter:
         self.committer = Committer(api, engine, audit, dry_run=dry_run, clock=clock)
         self.last_plan: Plan | None = None
         self._statuses: dict[tuple[str, str], GangStatus] = {}
+        self._queue_objects: list[dict[str, Any]] = []
+        self._queue_written: dict[str, dict[str, Any]] = {}
 
     def cycle(self) -> list[Outcome]:
         """Recover, observe, plan, commit; returns one outcome per managed gang seen."""
@@ -155,6 +158,7 @@ class GangAdmitter:
                     kind="Warning",
                 )
         outcomes = self.committer.apply(plan, observed, self._statuses)
+        self._write_queue_statuses(observed, plan)
         self.committer.collect(retention=self._retention, present=set(observed.gangs))
         log.info(
             "cycle committed",
@@ -167,7 +171,32 @@ class GangAdmitter:
         )
         return outcomes
 
+    def _write_queue_statuses(self, observed: Observed, plan: Plan) -> None:
+        """Patch each Queue's status where it changed (not in dry run); a queue that
+        cannot be written is logged and skipped."""
+        generations = {
+            str(q["metadata"]["name"]): int(q["metadata"].get("generation") or 0)
+            for q in self._queue_objects
+            if isinstance(q, dict)
+            and isinstance(q.get("metadata"), dict)
+            and q["metadata"].get("name")
+        }
+        for name, status in queue_status(observed.snapshot, plan, generations).items():
+            if self._queue_written.get(name) == status:
+                continue
+            if self._dry_run:
+                log.info("queue status (dry run, not written)", queue=name, **status)
+                self._queue_written[name] = status
+                continue
+            try:
+                self._api.patch_queue_status(name, status)
+            except KubeError as error:
+                log.warning("queue status not written", queue=name, error=str(error))
+                continue
+            self._queue_written[name] = status
+
     def _observe(self, enabled: set[str]) -> Observed:
+        self._queue_objects = self._api.list_queues()
         intents = self.committer.open_intents()
         now = self._clock()
         self._statuses = self.committer.statuses()
@@ -188,6 +217,7 @@ class GangAdmitter:
             ],
             held_back=held_back,
             levels=self._levels,
+            queues=self._queue_objects,
         )
         for problem in observed.snapshot.base.unaccounted:
             log.warning("running pod not accounted", problem=problem)

@@ -22,6 +22,10 @@ MERGE_PATCH: Final = "application/merge-patch+json"
 JSON_PATCH: Final = "application/json-patch+json"
 POD_GROUP_GROUP: Final = "scheduling.x-k8s.io"
 POD_GROUP_VERSION: Final = "v1alpha1"
+#: Stowage's own Queue (helm/stowage/crds/queues.stowage.io.yaml).
+QUEUE_GROUP: Final = "stowage.io"
+QUEUE_VERSION: Final = "v1alpha1"
+QUEUE_PLURAL: Final = "queues"
 
 
 class KubeError(Exception):
@@ -262,6 +266,34 @@ class KubeApi:
                 POD_GROUP_VERSION,
                 namespace,
                 "podgroups",
+                name,
+                _body({"status": dict(status)}),
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as error:
+            raise _translate(error) from error
+
+    @needs("stowage.io", "queues", "list")
+    def list_queues(self) -> list[dict[str, Any]]:
+        """Stowage ``Queue`` objects (none if the CRD is not installed)."""
+        try:
+            listing = self._custom.list_cluster_custom_object(
+                QUEUE_GROUP, QUEUE_VERSION, QUEUE_PLURAL
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return []
+            raise _translate(error) from error
+        return list(dict(listing).get("items", []))  # type: ignore[call-overload]
+
+    @needs("stowage.io", "queues/status", "patch")
+    def patch_queue_status(self, name: str, status: Mapping[str, Any]) -> None:
+        """Merge ``status`` into the Queue's status subresource."""
+        try:
+            self._custom.patch_cluster_custom_object_status(
+                QUEUE_GROUP,
+                QUEUE_VERSION,
+                QUEUE_PLURAL,
                 name,
                 _body({"status": dict(status)}),
                 _content_type=MERGE_PATCH,

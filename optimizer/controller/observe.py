@@ -27,6 +27,7 @@ from optimizer.controller.pods import (
     GangSpec,
     SpecError,
     declared_gang,
+    declared_queue,
     gang_spec,
     is_gated,
     is_preemptible,
@@ -34,6 +35,7 @@ from optimizer.controller.pods import (
     pinned_node,
     pod_request,
 )
+from optimizer.controller.queues import read_queues
 from optimizer.planner.cluster import PodRequest
 from optimizer.planner.objects import (
     AntiAffinityTerm,
@@ -262,6 +264,7 @@ def observe(
     intents: Sequence[OpenIntent] = (),
     held_back: Mapping[tuple[str, str], str] | None = None,
     levels: Sequence[TopologyLevel] = DEFAULT_LEVELS,
+    queues: Iterable[Any] = (),
 ) -> Observed:
     """Read the cluster into the cycle's snapshot.
 
@@ -273,10 +276,12 @@ def observe(
         intents: unfinished admissions; their gangs are not planned again.
         held_back: gangs not to plan this cycle (timed out, in backoff), with why.
         levels: the topology levels, outermost first.
+        queues: ``Queue`` objects (stowage.io/v1alpha1); unreadable ones are invalid.
     """
     reports = reports or {}
     stale_set = set(stale)
-    invalid: list[Invalid] = []
+    read = read_queues(queues)
+    invalid: list[Invalid] = list(read.invalid)
     infos: dict[str, NodeInfo] = {}
     facts: list[NodeFacts] = []
     for node_obj in nodes:
@@ -357,7 +362,11 @@ def observe(
         if node:
             view = gangs.get(gang_key) if gang_key else None
             whole = view is not None and not view.gated
-            bound.append(BoundPod(info, str(node), gpus, gang_key if whole else None, terminating))
+            named = view.spec.queue if view is not None else declared_queue(pod)
+            queue = read.queues.resolve(named, info.namespace) if read.queues else None
+            bound.append(
+                BoundPod(info, str(node), gpus, gang_key if whole else None, terminating, queue)
+            )
         elif gang_key is None and not spec.get("schedulingGates") and not terminating:
             jobs.append(
                 Job(
@@ -430,6 +439,7 @@ def observe(
         bound=tuple(bound),
         jobs=tuple(jobs),
         invalid=tuple(invalid),
+        queues=read.queues,
     )
     return Observed(snapshot, gangs, groups, by_uid, skipped)
 

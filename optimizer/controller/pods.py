@@ -7,7 +7,9 @@ Gangs are declared on pods, by label or annotation (labels win):
                                         name form one gang)
 ``stowage.io/gang-size``                min members: nothing is released before this many
 ``stowage.io/gang-max``                 optional max members (an elastic gang)
-``stowage.io/queue``                    the queue the gang waits in
+``stowage.io/queue``                    the queue the gang waits in (a ``Queue`` object;
+                                        Kueue's ``kueue.x-k8s.io/queue-name`` also works;
+                                        else the queue serving the namespace)
 ``stowage.io/topology-required``        a topology level all members must share (``rack``)
 ``stowage.io/topology-preferred``       a level to try first, falling back to anywhere
 ``stowage.io/gang-timeout``             seconds to wait before a ``GangTimeout`` event
@@ -42,6 +44,8 @@ from shared.labels import (
 )
 
 GPU_RESOURCE: Final = "nvidia.com/gpu"
+#: Kueue's label naming the LocalQueue of a workload; Stowage reads it as the queue's name.
+KUEUE_QUEUE_NAME: Final = "kueue.x-k8s.io/queue-name"
 GPU_MILLI: Final = "stowage.io/gpu-milli"
 #: How long a gang waits before its first GangTimeout event, when it does not say.
 DEFAULT_TIMEOUT_S: Final = 600
@@ -86,6 +90,11 @@ def is_gang_member(pod: Mapping[str, Any]) -> bool:
 def declared_gang(pod: Mapping[str, Any]) -> str | None:
     """The gang (or PodGroup) name the pod declares, unvalidated."""
     return _declared(pod, GANG) or _declared(pod, POD_GROUP_LABEL)
+
+
+def declared_queue(pod: Mapping[str, Any]) -> str | None:
+    """The queue the pod names: ``stowage.io/queue``, else Kueue's ``queue-name`` label."""
+    return _declared(pod, QUEUE) or _declared(pod, KUEUE_QUEUE_NAME)
 
 
 def is_gated(pod: Mapping[str, Any]) -> bool:
@@ -150,7 +159,7 @@ def gang_spec(
         name=name,
         size=size,
         max_size=max_size,
-        queue=_declared(pod, QUEUE),
+        queue=declared_queue(pod),
         topology_level=level or None,
         required=bool(required),
         timeout_s=timeout or DEFAULT_TIMEOUT_S,

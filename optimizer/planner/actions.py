@@ -182,23 +182,6 @@ def _place(
     return Admit(job, pods, domain)
 
 
-def _shape(job: Job, queue: str | None) -> tuple[object, ...]:
-    """Equal for jobs that fit or fail alike (same members' requests and constraints, same
-    queue); a shape that failed stays failed for the rest of a cycle that only allocates."""
-    members = tuple(
-        (
-            p.request,
-            p.constraint_signature(),
-            p.anti_affinity,
-            tuple(sorted(p.labels.items())),
-            p.preferred_terms,
-            p.unsupported,
-        )
-        for p in _members(job)
-    )
-    return (members, job.size, job.topology_level, job.required, job.managed, queue)
-
-
 def _quota_check(session: Session, queue: str | None) -> Check | None:
     if queue is None:
         return None
@@ -273,7 +256,7 @@ def _next_line(session: Session, lines: Sequence[_Line]) -> _Line | None:
         if head is None:
             continue
         share = 0.0
-        if line.queue is not None:
+        if line.queue is not None and len(lines) > 1:
             share = session.book.share(line.queue, demand(p.request for p in head[1].pending))
         rank = (share, line.ordering, head[0], line.queue or "")
         if best is None or rank < best:
@@ -320,13 +303,15 @@ def _try(
 ) -> Admit | Wait:
     """Place ``job`` against its queue's quota (and ``check``), or say why not; ``failed``
     remembers shapes that did not fit, so a cycle tries each shape once."""
-    shape = _shape(job, queue)
+    shape = (job.shape, queue)  # a shape that failed stays failed: a cycle only allocates
     if shape in failed and check is None:
-        return replace(failed[shape], job=job)
+        known = failed[shape]
+        return Wait(job, known.reason, known.code)
     if queue is not None:
         refused = session.book.check(queue, demand(p.request for p in _members(job)))
         if refused is not None:
-            return Wait(job, refused, QUOTA)
+            failed[shape] = Wait(job, refused, QUOTA)  # usage only grows in a cycle
+            return failed[shape]
     quota = _quota_check(session, queue)
     combined = quota
     if check is not None:
@@ -491,10 +476,89 @@ def _span(seconds: float) -> str:
 class _Victim:
     gang: tuple[str, str]
     rows: list[int]
+    queue: str | None
     priority: int
-    behind: SortKey  # its key under a preemptive ordering; () for a priority victim
+    key: SortKey | None  # its rank under its queue's ordering, when that is preemptive
     lost_gpu_s: float
     created: str
+
+
+@dataclass
+class _Victims:
+    """One cycle's possible victims, in the order they are taken (lowest priority, then
+    furthest behind, then least work lost, then newest), built once per cycle."""
+
+    victims: list[_Victim]
+    going: list[int]  # terminating pods that still hold room
+    lowest: dict[str | None, int]  # per queue: the lowest victim priority
+    worst: dict[str | None, SortKey]  # per queue: the furthest-behind victim's rank
+
+    @classmethod
+    def of(cls, session: Session) -> _Victims:
+        bound = session.snapshot.bound
+        held = session.snapshot.base.held
+        now = session.snapshot.now_s
+        victims = []
+        for gang, rows in session.gang_rows.items():
+            if all(bound[i].terminating for i in rows):
+                continue
+            if not all(bound[i].info.preemptible for i in rows):
+                continue
+            queue = bound[rows[0]].queue
+            running = session.running.get(gang)
+            key: SortKey | None = None
+            if running is not None and session.ordering_of(queue).preemptive:
+                key = session.running_key(running, queue)
+            lost = 0.0
+            if running is not None and running.started_s is not None:
+                spec = session.snapshot.queues.specs.get(queue or "")
+                ran = now - running.started_s
+                if spec is not None and ran < spec.min_runtime_s:
+                    continue
+                gpus = sum(bound[i].info.request.gpu_request_milli for i in rows) / 1000
+                lost = ran * max(gpus, 1.0)
+            priority = max(bound[i].info.priority for i in rows)
+            newest = max(bound[i].info.created for i in rows)
+            victims.append(_Victim(gang, rows, queue, priority, key, lost, newest))
+        victims.sort(key=lambda v: v.created, reverse=True)
+        victims.sort(key=lambda v: v.lost_gpu_s)
+        victims.sort(key=lambda v: v.key or (), reverse=True)
+        victims.sort(key=lambda v: v.priority)
+        lowest: dict[str | None, int] = {}
+        worst: dict[str | None, SortKey] = {}
+        for v in victims:
+            lowest[v.queue] = min(lowest.get(v.queue, v.priority), v.priority)
+            if v.key is not None and (v.queue not in worst or v.key > worst[v.queue]):
+                worst[v.queue] = v.key
+        going = [
+            i
+            for i, b in enumerate(bound)
+            if b.terminating and held[i] is not None and i not in session.evicted
+        ]
+        return cls(victims, going, lowest, worst)
+
+    def eligible(self, session: Session, job: Job) -> list[_Victim]:
+        """Whom ``job`` may preempt: lower priority, or ranked behind it by a preemptive
+        ordering; of its own queue when it has one; not already going."""
+        queue = session.queue_of(job)
+        preemptive = session.ordering_of(queue).preemptive
+        job_key = session.order_key(job, queue) if preemptive else ()
+        if queue is not None:
+            lower = self.lowest.get(queue, job.priority) < job.priority
+            behind = queue in self.worst and self.worst[queue] > job_key
+            if not lower and not (preemptive and behind):
+                return []
+        out = []
+        for v in self.victims:
+            if v.gang == job.key or (queue is not None and v.queue != queue):
+                continue
+            if any(i in session.evicted for i in v.rows):
+                continue
+            if v.priority < job.priority or (
+                preemptive and v.priority == job.priority and v.key is not None and v.key > job_key
+            ):
+                out.append(v)
+        return out
 
 
 @dataclass(frozen=True)
@@ -510,11 +574,14 @@ class Preempt:
 
     def execute(self, session: Session) -> list[Decision]:
         decisions: list[Decision] = []
+        victims: _Victims | None = None
         for key, wait in list(session.unplaced.items()):
             job = wait.job
             if not job.managed or wait.code in (FILTERED, UNSUPPORTED, NO_QUEUE):
                 continue
-            outcome = self._for(session, job, wait)
+            if victims is None:
+                victims = _Victims.of(session)
+            outcome = self._for(session, job, wait, victims)
             if outcome is None:
                 continue
             new_wait, evictions = outcome
@@ -522,60 +589,15 @@ class Preempt:
             decisions.extend(evictions)
         return decisions
 
-    def _eligible(self, session: Session, job: Job) -> list[_Victim]:
-        bound = session.snapshot.bound
-        queue = session.queue_of(job)
-        ordering = session.ordering_of(queue)
-        job_key = session.order_key(job, queue) if ordering.preemptive else ()
-        now = session.snapshot.now_s
-        out = []
-        for gang, rows in session.gang_rows.items():
-            if gang == job.key or any(i in session.evicted for i in rows):
-                continue
-            if all(bound[i].terminating for i in rows):
-                continue
-            if not all(bound[i].info.preemptible for i in rows):
-                continue
-            their_queue = bound[rows[0]].queue
-            if queue is not None and their_queue != queue:
-                continue
-            running = session.running.get(gang)
-            priority = max(bound[i].info.priority for i in rows)
-            behind: SortKey = ()
-            if priority >= job.priority:
-                if not ordering.preemptive or priority > job.priority or running is None:
-                    continue
-                their_key = session.running_key(running, their_queue)
-                if not their_key > job_key:
-                    continue
-                behind = their_key
-            lost = 0.0
-            if running is not None and running.started_s is not None:
-                spec = session.snapshot.queues.specs.get(their_queue or "")
-                ran = now - running.started_s
-                if spec is not None and ran < spec.min_runtime_s:
-                    continue
-                gpus = sum(bound[i].info.request.gpu_request_milli for i in rows) / 1000
-                lost = ran * max(gpus, 1.0)
-            newest = max(bound[i].info.created for i in rows)
-            out.append(_Victim(gang, rows, priority, behind, lost, newest))
-        # lowest priority, then furthest behind, then least work lost, then newest
-        out.sort(key=lambda v: v.created, reverse=True)
-        out.sort(key=lambda v: v.lost_gpu_s)
-        out.sort(key=lambda v: v.behind, reverse=True)
-        out.sort(key=lambda v: v.priority)
-        return out
-
-    def _for(self, session: Session, job: Job, wait: Wait) -> tuple[Wait, list[Evict]] | None:
+    def _for(
+        self, session: Session, job: Job, wait: Wait, victims: _Victims
+    ) -> tuple[Wait, list[Evict]] | None:
         head = wait.reason.rstrip(".")  # kube-scheduler's sentence ends with a full stop
         bound = session.snapshot.bound
-        held = session.snapshot.base.held
-        going = [
-            i
-            for i, b in enumerate(bound)
-            if b.terminating and held[i] is not None and i not in session.evicted
-        ]
-        eligible = self._eligible(session, job)
+        going = [i for i in victims.going if i not in session.evicted]
+        eligible = victims.eligible(session, job)
+        if not going and not eligible:
+            return None
         statement = session.statement()
         try:
             for i in going:

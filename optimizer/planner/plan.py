@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Final
+from typing import Any, Final
 
 from optimizer.planner.cluster import PodRequest
 from optimizer.planner.objects import NodeInfo, PodInfo
@@ -62,6 +62,31 @@ class Job:
         return f"{self.namespace}/{self.name}"
 
     @cached_property
+    def shape(self) -> tuple[object, ...]:
+        """Equal for jobs that fit or fail alike: the same members' requests and
+        constraints, the same size and topology."""
+        members = tuple(
+            (
+                p.request,
+                p.constraint_signature(),
+                p.anti_affinity,
+                tuple(sorted(p.labels.items())),
+                p.preferred_terms,
+                p.unsupported,
+            )
+            for p in self.pending
+        )
+        return (
+            members,
+            self.size,
+            self.max_size,
+            self.released,
+            self.topology_level,
+            self.required,
+            self.managed,
+        )
+
+    @cached_property
     def gpus(self) -> float:
         """The GPUs its minimum asks for (its ``size`` largest pending members)."""
         if len(self.pending) == 1:
@@ -116,6 +141,9 @@ class ClusterSnapshot:
     now_s: float = 0.0
     #: Each queue's decayed past usage per resource, for time-based fair share.
     usage_history: Mapping[str, Mapping[ResourceKey, float]] = field(default_factory=dict)
+    #: The static filters' verdicts by pod constraints, kept by a builder whose nodes do not
+    #: change between cycles (a simulator); None: each cycle judges afresh.
+    filter_cache: dict[tuple[object, ...], Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if [n.name for n in self.nodes] != self.base.state.names:

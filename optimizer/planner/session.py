@@ -137,9 +137,13 @@ class Session:
         self.strict = strict
         #: Quota usage: every bound pod with a queue, then what this cycle admits.
         self.book = QuotaBook(snapshot.queues, history=snapshot.usage_history)
-        for bound in snapshot.bound:
-            if bound.queue is not None and bound.queue in snapshot.queues.specs:
-                self.book.add(bound.queue, demand([bound.info.request]))
+        if snapshot.queues:
+            by_queue: dict[str, list[PodRequest]] = {}
+            for bound in snapshot.bound:
+                if bound.queue is not None and bound.queue in snapshot.queues.specs:
+                    by_queue.setdefault(bound.queue, []).append(bound.info.request)
+            for queue, requests in by_queue.items():
+                self.book.add(queue, demand(requests))
         #: Running gangs by key (preemption's and backfill's facts about them).
         self.running = {job.key: job for job in snapshot.running}
         #: Each gang's bound pods that hold capacity (indices into ``snapshot.bound``).
@@ -168,7 +172,9 @@ class Session:
         self.anti_affinity_placed = any(p.anti_affinity for p in self.placed)
         #: Jobs the actions so far left unplaced, by key, with why (in the cycle's order).
         self.unplaced: dict[tuple[str, str], Wait] = {}
-        self._static: dict[tuple[object, ...], tuple[BoolArray, Counter[str]]] = {}
+        self._static: dict[tuple[object, ...], tuple[BoolArray, Counter[str]]] = (
+            snapshot.filter_cache if snapshot.filter_cache is not None else {}
+        )
         self._serial = 0
 
     def statement(self) -> Statement:

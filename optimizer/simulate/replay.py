@@ -295,20 +295,26 @@ class History(Estimator):
         self._recent: dict[tuple[str, int] | str, deque[float]] = defaultdict(
             lambda: deque(maxlen=HISTORY_PER_KEY)
         )
+        self._sorted: dict[tuple[str, int] | str, list[float]] = {}
 
     def ended(self, job: TraceJob) -> None:
         for key in ((job.queue, job.gpus), job.queue, ""):
             self._recent[key].append(job.duration_s)
+            self._sorted.pop(key, None)
 
     def predict(self, job: TraceJob, ran_s: float) -> float | None:
         for key in ((job.queue, job.gpus), job.queue, ""):
             samples = self._recent.get(key)
             if samples and (len(samples) >= 8 or key == ""):
-                ordered = sorted(samples)
-                longer = ordered[bisect.bisect_right(ordered, ran_s) :]
-                if not longer:
+                ordered = self._sorted.get(key)
+                if ordered is None:
+                    ordered = self._sorted[key] = sorted(samples)
+                longer = bisect.bisect_right(ordered, ran_s)
+                if longer == len(ordered):
                     return ran_s  # it outlived every one we saw: as long again
-                return max(statistics.median(longer) - ran_s, 1.0)
+                middle = (longer + len(ordered) - 1) / 2  # the median of the longer ones
+                median = (ordered[int(middle)] + ordered[math.ceil(middle)]) / 2
+                return max(median - ran_s, 1.0)
         return max(DEFAULT_PREDICTION_S - ran_s, 1.0)
 
 
@@ -474,6 +480,8 @@ class Replay:
         #: No workload shapes: the placement policy packs, gangs go to the tightest room.
         self.ctx = PlanContext(rng=np.random.default_rng(seed))
         self.nodes = tuple(sorted(infos, key=lambda n: n.name))
+        #: The nodes never change: each constraint is judged by the filters once per run.
+        self.filter_cache: dict[tuple[object, ...], Any] = {}
         self.jobs: list[TraceJob] = []
         for job in jobs:
             if job.queue not in self.queues.specs:
@@ -614,6 +622,7 @@ class Replay:
             queues=self.queues,
             running=tuple(views),
             now_s=now,
+            filter_cache=self.filter_cache,
         )
 
     def _release(self, run: _Running) -> None:

@@ -1,0 +1,70 @@
+"""Queue objects through the controller, over HTTP against the fake API server: quota holds
+a gang back with the reason, status is written, a broken Queue is left out alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine
+
+from kubefake import FakeApiServer
+from optimizer.controller.admission import ADMITTED, WAITING
+from optimizer.controller.kube import KubeApi
+from tests.optimizer.conftest import WallClock
+from tests.optimizer.test_admission import (  # noqa: F401 (the fixture)
+    _admitter,
+    _free_rack_b_and_submit,
+    _train,
+    cluster,
+)
+
+QUEUES = "stowage.io/v1alpha1/queues"
+
+
+def _queue(name: str, gpus: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "stowage.io/v1alpha1",
+        "kind": "Queue",
+        "metadata": {"name": name, "generation": 1},
+        "spec": {"resources": [{"name": "nvidia.com/gpu", "nominalQuota": gpus}], **spec},
+    }
+
+
+def test_quota_holds_a_gang_back_until_it_is_raised(
+    cluster: tuple[FakeApiServer, KubeApi],  # noqa: F811
+    engine: Engine,
+) -> None:
+    server, api = cluster
+    server.put(QUEUES, _queue("team", "16", namespaces=["ml"]))
+    server.put(QUEUES, _queue("broken", "lots", namespaces=["elsewhere"]))
+    _free_rack_b_and_submit(server)  # a 4 x 8-GPU gang in ml
+    admitter = _admitter(api, engine, WallClock())
+    [outcome] = _train(admitter.cycle())
+    assert outcome.phase == WAITING
+    assert "queue team needs 32 GPUs of nvidia.com/gpu" in outcome.message
+    plan = admitter.last_plan
+    assert plan is not None
+    [broken] = [i for i in plan.invalid if i.kind == "Queue"]
+    assert broken.name == "broken"
+    assert "spec.resources[0].nominalQuota: 'lots' is not a quantity" in broken.reason
+    status = server.get("queues", None, "team")["status"]
+    assert (status["gpus"], status["pendingJobs"], status["admittedJobs"]) == ("0", 1, 0)
+    assert status["observedGeneration"] == 1
+
+    server.put(QUEUES, {**_queue("team", "32", namespaces=["ml"]), "status": status})
+    [outcome] = _train(admitter.cycle())
+    assert outcome.phase == ADMITTED
+    status = server.get("queues", None, "team")["status"]
+    assert (status["gpus"], status["pendingJobs"], status["admittedJobs"]) == ("32", 0, 1)
+    assert status["borrowedGPUs"] == "0"
+
+
+def test_a_dry_run_writes_no_queue_status(
+    cluster: tuple[FakeApiServer, KubeApi],  # noqa: F811
+    engine: Engine,
+) -> None:
+    server, api = cluster
+    server.put(QUEUES, _queue("team", "32", namespaces=["ml"]))
+    _free_rack_b_and_submit(server)
+    _admitter(api, engine, WallClock(), dry_run=True).cycle()
+    assert "status" not in server.get("queues", None, "team")
