@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from optimizer.planner.actions import ACTIONS
+from optimizer.planner.ordering import ORDERINGS
 from optimizer.planner.policies import policy_or_raise
 from optimizer.planner.snapshot import TopologyLevel
 from shared.labels import label_key_errors, label_value_errors
@@ -180,7 +181,12 @@ class OptimizerSettings(BaseSettings):
     )
     planner_actions: list[str] = Field(
         default=["allocate", "preempt"],
-        description="The cycle's actions, in order.",
+        description="The cycle's actions, in order (allocate, backfill, preempt).",
+    )
+    planner_ordering: str = Field(
+        default="priority",
+        description="How jobs are ordered in a queue whose Queue object names no ordering "
+        "(fifo, priority, qssf, stowage, tiresias-las).",
     )
     topology_levels: list[str] = Field(
         default=[
@@ -243,6 +249,12 @@ class OptimizerSettings(BaseSettings):
     @classmethod
     def _known_policy(cls, value: str) -> str:
         policy_or_raise(value)
+        return value
+
+    @field_validator("planner_ordering")
+    @classmethod
+    def _known_ordering(cls, value: str) -> str:
+        ORDERINGS.get_or_raise(value)
         return value
 
     @field_validator("planner_actions")

@@ -40,6 +40,9 @@ GANG: Final = PREFIX + "gang"
 GANG_SIZE: Final = PREFIX + "gang-size"
 GANG_MAX: Final = PREFIX + "gang-max"
 GANG_TIMEOUT: Final = PREFIX + "gang-timeout"
+#: How long the job is expected to run (seconds, or 90m, 2h, 1d), as Slurm's time limit:
+#: backfill reserves room for a waiting gang by the running jobs' expected ends.
+RUNTIME_ESTIMATE: Final = PREFIX + "runtime-estimate"
 QUEUE: Final = PREFIX + "queue"
 TOPOLOGY_REQUIRED: Final = PREFIX + "topology-required"
 TOPOLOGY_PREFERRED: Final = PREFIX + "topology-preferred"

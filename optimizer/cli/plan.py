@@ -1,6 +1,6 @@
 """``stowage plan``: what one scheduling cycle would do on a cluster dump.
 
-Reads ``kubectl get namespaces,nodes,pods,podgroups -A -o yaml`` (a ``List``, or several
+Reads ``kubectl get namespaces,nodes,pods,podgroups,queues -A -o yaml`` (a ``List``, or several
 YAML documents, or JSON), optionally agents' NodeReports, runs observe and the pure cycle,
 and prints the Plan. Nothing is written anywhere: this is how an operator asks "what would
 you do?", and how tests pin scenarios.
@@ -8,15 +8,16 @@ you do?", and how tests pin scenarios.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from optimizer.controller.observe import observe
-from optimizer.planner.cycle import CycleConfig, run_cycle
+from optimizer.planner.cycle import DEFAULT_ACTIONS, DEFAULT_ORDERING, CycleConfig, run_cycle
 from optimizer.planner.plan import Job, Plan, Wait
 from optimizer.planner.snapshot import DEFAULT_LEVELS, TopologyLevel
 from shared.labels import NAMESPACE_ENABLED
@@ -70,9 +71,19 @@ def plan_dump(
     policy: str,
     enable: Iterable[str] = (),
     levels: Iterable[TopologyLevel] = DEFAULT_LEVELS,
+    actions: Sequence[str] = DEFAULT_ACTIONS,
+    ordering: str = DEFAULT_ORDERING,
+    now: datetime | None = None,
 ) -> Plan:
-    """One cycle on the dumped objects (sorted by kind; unknown kinds ignored)."""
-    kinds: dict[str, list[Any]] = {"Node": [], "Pod": [], "PodGroup": [], "Namespace": []}
+    """One cycle on the dumped objects (sorted by kind; unknown kinds ignored) with the
+    given actions and default ordering, at ``now`` (default: the wall clock)."""
+    kinds: dict[str, list[Any]] = {
+        "Node": [],
+        "Pod": [],
+        "PodGroup": [],
+        "Namespace": [],
+        "Queue": [],
+    }
     for obj in objects:
         kind = obj.get("kind") if isinstance(obj, dict) else None
         if kind in kinds:
@@ -92,8 +103,10 @@ def plan_dump(
         enabled=enabled,
         reports=reports or {},
         levels=tuple(levels),
+        queues=kinds["Queue"],
+        now=now,
     )
-    config = CycleConfig(policy=policy)
+    config = CycleConfig(policy=policy, actions=tuple(actions), ordering=ordering)
     config.validate()
     plan = run_cycle(observed.snapshot, config=config, number=1)
     # gangs the cycle did not plan (short of members) wait too, with their reason
@@ -112,7 +125,8 @@ def render(plan: Plan) -> list[str]:
     ]
     for admit in plan.admit:
         where = f" in {admit.job.topology_level} {admit.domain}" if admit.domain else ""
-        lines.append(f"ADMIT   {admit.job.label}{where}")
+        note = f" ({admit.note})" if admit.note else ""
+        lines.append(f"ADMIT   {admit.job.label}{where}{note}")
         for pod in sorted(admit.pods, key=lambda p: p.name):
             gpus = f" GPUs {format_cpu_list(pod.gpus)}" if pod.gpus else ""
             lines.append(f"          {pod.name} -> {pod.node}{gpus}")

@@ -6,6 +6,7 @@ import logging
 import statistics
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -242,10 +243,20 @@ def plan(
         list[str] | None,
         typer.Option(help="Treat this namespace as opted in (repeatable)."),
     ] = None,
+    actions: Annotated[
+        str, typer.Option(help="The cycle's actions, in order (allocate,backfill,preempt).")
+    ] = "allocate,preempt",
+    ordering: Annotated[
+        str, typer.Option(help="Ordering of queues that name none (fifo, priority, …).")
+    ] = "priority",
+    now: Annotated[
+        str | None, typer.Option(help="The cycle's clock (RFC 3339); default: now.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as one object.")] = False,
 ) -> None:
     """What one scheduling cycle would do on a cluster dump: admissions with nodes and GPU
-    indices, waits with reasons, preemptions and their victims, objects left out."""
+    indices, waits with reasons (quota, reservations), preemptions and their victims,
+    objects left out."""
     from optimizer.cli.plan import DumpError, plan_dump, read_dump, read_reports, render
 
     text = sys.stdin.read() if str(snapshot) == "-" else _read_or_exit(snapshot)
@@ -254,7 +265,16 @@ def plan(
         found, skipped = read_reports(reports) if reports else ({}, [])
         for line in skipped:
             typer.echo(line, err=True)
-        result = plan_dump(objects, reports=found, policy=policy, enable=enable or ())
+        clock = datetime.fromisoformat(now.replace("Z", "+00:00")) if now else None
+        result = plan_dump(
+            objects,
+            reports=found,
+            policy=policy,
+            enable=enable or (),
+            actions=[a for a in actions.split(",") if a],
+            ordering=ordering,
+            now=clock,
+        )
     except (DumpError, ValueError) as error:
         typer.echo(f"stowage plan: {error}", err=True)
         raise typer.Exit(2) from None

@@ -20,6 +20,7 @@ way back (Kubernetes' pod update validation).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 import uuid
@@ -109,7 +110,7 @@ class GangAdmitter:
     ) -> None:
         config = config or CycleConfig()
         if policy is not None:
-            config = CycleConfig(policy=policy, actions=config.actions, filters=config.filters)
+            config = dataclasses.replace(config, policy=policy)
         config.validate()
         self._api = api
         self._view = view or LiveView(api)
@@ -218,6 +219,7 @@ class GangAdmitter:
             held_back=held_back,
             levels=self._levels,
             queues=self._queue_objects,
+            now=now,
         )
         for problem in observed.snapshot.base.unaccounted:
             log.warning("running pod not accounted", problem=problem)

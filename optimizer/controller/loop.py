@@ -79,7 +79,9 @@ class Controller:
             stale=self.stale,
             dry_run=dry_run,
             config=CycleConfig(
-                policy=settings.planner_policy, actions=tuple(settings.planner_actions)
+                policy=settings.planner_policy,
+                actions=tuple(settings.planner_actions),
+                ordering=settings.planner_ordering,
             ),
             levels=settings.levels(),
             clock=clock,

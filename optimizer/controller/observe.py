@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from optimizer.controller.pods import (
@@ -34,6 +35,7 @@ from optimizer.controller.pods import (
     node_allocatable,
     pinned_node,
     pod_request,
+    runtime_estimate,
 )
 from optimizer.controller.queues import read_queues
 from optimizer.planner.cluster import PodRequest
@@ -265,6 +267,7 @@ def observe(
     held_back: Mapping[tuple[str, str], str] | None = None,
     levels: Sequence[TopologyLevel] = DEFAULT_LEVELS,
     queues: Iterable[Any] = (),
+    now: datetime | None = None,
 ) -> Observed:
     """Read the cluster into the cycle's snapshot.
 
@@ -277,7 +280,9 @@ def observe(
         held_back: gangs not to plan this cycle (timed out, in backoff), with why.
         levels: the topology levels, outermost first.
         queues: ``Queue`` objects (stowage.io/v1alpha1); unreadable ones are invalid.
+        now: the cycle's clock (default: the wall clock), for running jobs' expected ends.
     """
+    now_s = (now or datetime.now(UTC)).timestamp()
     reports = reports or {}
     stale_set = set(stale)
     read = read_queues(queues)
@@ -319,6 +324,7 @@ def observe(
             if not isinstance(pod, dict):
                 raise SpecError(f"not a pod object: {type(pod).__name__}")
             info = pod_info(pod)
+            runtime_estimate(pod)  # a malformed estimate makes the pod invalid here
             gang_key: tuple[str, str] | None = None
             managed = info.namespace in enabled and (declared_gang(pod) or is_gated(pod))
             if managed and not pod["metadata"].get("deletionTimestamp"):
@@ -410,6 +416,7 @@ def observe(
             continue
         members = tuple(infos_by_uid[p["metadata"].get("uid") or ""] for p in waiting)
         members = tuple(sorted(members, key=lambda m: m.name))
+        created = min(m.created for m in members)
         jobs.append(
             Job(
                 key[0],
@@ -422,9 +429,12 @@ def observe(
                 required=view.spec.required,
                 queue=view.spec.queue,
                 priority=max(m.priority for m in members),
-                created=min(m.created for m in members),
+                created=created,
+                submitted_s=_seconds(created) or now_s,
+                duration_s=_estimate(waiting),
             )
         )
+    running = [_running(view, infos_by_uid, now_s) for view in gangs.values() if not view.gated]
 
     ordered = sorted(facts, key=lambda f: f.name)
     base = build_snapshot(
@@ -440,8 +450,53 @@ def observe(
         jobs=tuple(jobs),
         invalid=tuple(invalid),
         queues=read.queues,
+        running=tuple(r for r in running if r is not None),
+        now_s=now_s,
     )
     return Observed(snapshot, gangs, groups, by_uid, skipped)
+
+
+def _seconds(timestamp: str | None) -> float | None:
+    """An API timestamp (RFC 3339) as epoch seconds; None when absent or unreadable."""
+    if not timestamp:
+        return None
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _estimate(pods: Iterable[Mapping[str, Any]]) -> float | None:
+    """The longest ``stowage.io/runtime-estimate`` among a gang's pods (None: none says)."""
+    found = [e for e in (runtime_estimate(p) for p in pods) if e is not None]
+    return max(found) if found else None
+
+
+def _running(view: GangView, infos: Mapping[str, PodInfo], now_s: float) -> Job | None:
+    """A released gang as the planner's running job: when it started and how long it is
+    expected to go on (from its runtime estimate), for backfill and preemption."""
+    live = [p for p in view.live if (p.get("spec") or {}).get("nodeName")]
+    if not live:
+        return None
+    estimate = _estimate(live)  # every estimate was read once already
+    starts = [_seconds((p.get("status") or {}).get("startTime")) for p in live]
+    started = min((s for s in starts if s is not None), default=now_s)
+    members = [
+        infos[p["metadata"].get("uid") or ""] for p in live if p["metadata"].get("uid") in infos
+    ]
+    created = min((m.created for m in members), default="")
+    return Job(
+        view.spec.namespace,
+        view.spec.name,
+        size=len(live),
+        pending=(),
+        queue=view.spec.queue,
+        priority=max((m.priority for m in members), default=0),
+        created=created,
+        submitted_s=_seconds(created) or started,
+        duration_s=None if estimate is None else max(estimate - (now_s - started), 0.0),
+        started_s=started,
+    )
 
 
 def _gang_of(

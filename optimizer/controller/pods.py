@@ -13,6 +13,8 @@ Gangs are declared on pods, by label or annotation (labels win):
 ``stowage.io/topology-required``        a topology level all members must share (``rack``)
 ``stowage.io/topology-preferred``       a level to try first, falling back to anywhere
 ``stowage.io/gang-timeout``             seconds to wait before a ``GangTimeout`` event
+``stowage.io/runtime-estimate``         how long it runs (``3600``, ``90m``, ``2h``): backfill
+                                        reserves room by running jobs' expected ends
 ``scheduling.x-k8s.io/pod-group``       compatibility: the gang is the PodGroup, its
                                         ``spec.minMember`` the size
 ======================================  ==================================================
@@ -38,6 +40,7 @@ from shared.labels import (
     NON_PREEMPTIBLE,
     POD_GROUP_LABEL,
     QUEUE,
+    RUNTIME_ESTIMATE,
     SCHEDULING_GATE,
     TOPOLOGY_PREFERRED,
     TOPOLOGY_REQUIRED,
@@ -95,6 +98,26 @@ def declared_gang(pod: Mapping[str, Any]) -> str | None:
 def declared_queue(pod: Mapping[str, Any]) -> str | None:
     """The queue the pod names: ``stowage.io/queue``, else Kueue's ``queue-name`` label."""
     return _declared(pod, QUEUE) or _declared(pod, KUEUE_QUEUE_NAME)
+
+
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def runtime_estimate(pod: Mapping[str, Any]) -> float | None:
+    """``stowage.io/runtime-estimate`` in seconds (``3600``, ``90m``, ``2h``, ``1d``)."""
+    text = _declared(pod, RUNTIME_ESTIMATE)
+    if text is None:
+        return None
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise SpecError(
+            f"{RUNTIME_ESTIMATE}={text!r} is not a duration like 3600, 90m or 2h"
+        ) from None
+    if not 0 < value <= 366 * 86400:
+        raise SpecError(f"{RUNTIME_ESTIMATE}={text!r} is outside 1s..366d")
+    return value
 
 
 def is_gated(pod: Mapping[str, Any]) -> bool:

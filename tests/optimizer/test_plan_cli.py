@@ -180,3 +180,78 @@ def test_plan_errors_are_one_line(tmp_path: Path) -> None:
         "stowage plan: unknown policy 'zz'; known: bestfit, dotprod, fgd, gpu-clustering, "
         "gpu-packing, kube-default, random, stowage"
     )
+
+
+def _timed(
+    pod: dict[str, Any], *, created: str, estimate: str, started: str = ""
+) -> dict[str, Any]:
+    pod["metadata"]["creationTimestamp"] = created
+    pod["metadata"]["labels"]["stowage.io/runtime-estimate"] = estimate
+    if started:
+        pod["status"] = {"phase": "Running", "startTime": started}
+    return pod
+
+
+def test_plan_shows_a_backfill_decision_and_a_queue_quota_with_reasons(tmp_path: Path) -> None:
+    objects: list[Any] = [
+        {"kind": "Namespace", "metadata": {"name": "ml", "labels": {"stowage.io/enabled": "true"}}},
+        _node("n1", pool="gpu"),
+        {
+            "apiVersion": "stowage.io/v1alpha1",
+            "kind": "Queue",
+            "metadata": {"name": "team"},
+            "spec": {
+                "namespaces": ["ml"],
+                "ordering": "fifo",
+                "resources": [{"name": "nvidia.com/gpu", "nominalQuota": 10}],
+            },
+        },
+        # 6 of the 8 GPUs run for another 30 minutes (1 h expected, started 30 min ago)
+        _timed(
+            _pod("holder-0", gang="holder", size=1, pool="gpu", node="n1", gpus="6"),
+            created="2026-12-01T09:00:00Z",
+            estimate="1h",
+            started="2026-12-01T09:30:00Z",
+        ),
+        # the head needs all 8: it gets a reservation at 10:30
+        _timed(
+            _pod("big-0", gang="big", size=1, pool="gpu"),
+            created="2026-12-01T09:40:00Z",
+            estimate="2h",
+        ),
+        # 10 minutes on the 2 free GPUs ends before the reservation: backfilled
+        _timed(
+            _pod("quick-0", gang="quick", size=1, pool="gpu", gpus="2"),
+            created="2026-12-01T09:50:00Z",
+            estimate="10m",
+        ),
+        # 4 more GPUs would take the queue past its quota of 10 (6 + 4)
+        _timed(
+            _pod("wide-0", gang="wide", size=1, pool="gpu", gpus="4"),
+            created="2026-12-01T09:55:00Z",
+            estimate="10m",
+        ),
+    ]
+    dump = tmp_path / "dump.yaml"
+    dump.write_text(yaml.safe_dump_all(objects))
+    result = runner.invoke(
+        app,
+        [
+            "plan",
+            "--snapshot",
+            str(dump),
+            "--policy",
+            "bestfit",
+            "--actions",
+            "allocate,backfill,preempt",
+            "--now",
+            "2026-12-01T10:00:00Z",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "ADMIT   ml/quick (backfilled; reservations kept: ml/big)" in lines
+    [big] = [line for line in lines if line.startswith("WAIT    ml/big:")]
+    assert "reserved to start in 30 min (predicted)" in big
+    [wide] = [line for line in lines if line.startswith("WAIT    ml/wide:")]
+    assert "queue team needs 4 GPUs of nvidia.com/gpu" in wide
