@@ -26,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Final, NamedTuple
 
+from bench.docs import replace_section
 from optimizer.simulate.fill import FillResult, fill, load_nodes, load_pods
 
 TRACES: Final = Path(__file__).resolve().parents[2] / "shared/traces/alibaba-gpu-2023"
@@ -180,18 +181,12 @@ def main() -> None:
 
 
 def _write_docs(report: str) -> None:
-    path = DOCS / "benchmarks.md"
-    text = path.read_text()
-    block = f"{BEGIN}\n{report}\n\n![fill on the default trace](fill-default.png)\n{END}"
-    if BEGIN in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        text = head + block + tail
-    else:
-        text += (
-            "\n## Planner: the FGD fill experiment on the Alibaba openb traces\n\n" + block + "\n"
-        )
-    path.write_text(text)
+    replace_section(
+        BEGIN,
+        END,
+        f"{report}\n\n![fill on the default trace](fill-default.png)",
+        heading="Planner: the FGD fill experiment on the Alibaba openb traces",
+    )
 
 
 def _plot(

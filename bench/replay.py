@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
+from bench.docs import replace_section
 from optimizer.simulate.replay import (
     POLICIES,
     Replay,
@@ -74,9 +75,15 @@ def main() -> None:
     unknown = set(names) - set(POLICIES)
     if unknown:
         parser.error(f"unknown policies {sorted(unknown)}; known: {', '.join(POLICIES)}")
-    tasks = [(p, load) for load in LOADS for p in names]
+    # the slowest first, so two workers finish together
+    slow = ("stowage", "tiresias-las", "srtf-oracle")
+    tasks = sorted(
+        ((p, load) for load in LOADS for p in names),
+        key=lambda t: (t[1] is None, t[0] not in slow),
+    )
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         results = list(pool.map(_run, tasks))
+    results.sort(key=lambda r: list(POLICIES).index(r["policy"]))
     header = [
         "| policy | avg JCT s | median JCT s | p99 JCT s | avg wait s | p99 wait s | "
         "max wait s | utilisation | preemptions | fairness | run s |",
@@ -121,17 +128,12 @@ def main() -> None:
 
 
 def _write_docs(report: str) -> None:
-    path = DOCS / "benchmarks.md"
-    text = path.read_text()
-    block = f"{BEGIN}\n{report}\n\n![Philly replay at load 0.8](replay-philly.png)\n{END}"
-    if BEGIN in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        text = head + block + tail
-    else:
-        text += "\n## Batch scheduling: the Philly trace replayed through the cycle\n\n"
-        text += block + "\n"
-    path.write_text(text)
+    replace_section(
+        BEGIN,
+        END,
+        f"{report}\n\n![Philly replay at load 0.8](replay-philly.png)",
+        heading="Batch scheduling: the Philly trace replayed through the cycle",
+    )
 
 
 def _plot(at_load: dict[str, dict[str, Any]]) -> None:

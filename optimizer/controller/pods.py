@@ -17,6 +17,9 @@ Gangs are declared on pods, by label or annotation (labels win):
                                         reserves room by running jobs' expected ends
 ``scheduling.x-k8s.io/pod-group``       compatibility: the gang is the PodGroup, its
                                         ``spec.minMember`` the size
+``kueue.x-k8s.io/pod-group-name``       compatibility: Kueue's plain-pod group, its size
+                                        the ``kueue.x-k8s.io/pod-group-total-count``
+                                        annotation
 ======================================  ==================================================
 
 A GPU share is ``nvidia.com/gpu: 1`` plus the annotation ``stowage.io/gpu-milli`` (1-999).
@@ -49,6 +52,9 @@ from shared.labels import (
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 #: Kueue's label naming the LocalQueue of a workload; Stowage reads it as the queue's name.
 KUEUE_QUEUE_NAME: Final = "kueue.x-k8s.io/queue-name"
+#: Kueue's plain-pod groups: the group's name (label) and how many pods it has (annotation).
+KUEUE_POD_GROUP: Final = "kueue.x-k8s.io/pod-group-name"
+KUEUE_POD_GROUP_COUNT: Final = "kueue.x-k8s.io/pod-group-total-count"
 GPU_MILLI: Final = "stowage.io/gpu-milli"
 #: How long a gang waits before its first GangTimeout event, when it does not say.
 DEFAULT_TIMEOUT_S: Final = 600
@@ -86,13 +92,15 @@ def _declared(pod: Mapping[str, Any], key: str) -> str | None:
 
 
 def is_gang_member(pod: Mapping[str, Any]) -> bool:
-    """Whether the pod declares a gang (or a PodGroup)."""
-    return _declared(pod, GANG) is not None or _declared(pod, POD_GROUP_LABEL) is not None
+    """Whether the pod declares a gang (or a PodGroup, or a Kueue pod group)."""
+    return declared_gang(pod) is not None
 
 
 def declared_gang(pod: Mapping[str, Any]) -> str | None:
-    """The gang (or PodGroup) name the pod declares, unvalidated."""
-    return _declared(pod, GANG) or _declared(pod, POD_GROUP_LABEL)
+    """The gang (or PodGroup, or Kueue pod group) name the pod declares, unvalidated."""
+    return (
+        _declared(pod, GANG) or _declared(pod, POD_GROUP_LABEL) or _declared(pod, KUEUE_POD_GROUP)
+    )
 
 
 def declared_queue(pod: Mapping[str, Any]) -> str | None:
@@ -162,6 +170,12 @@ def gang_spec(
             raise SpecError(f"PodGroup {group!r} does not exist in namespace {namespace}")
         name = group
         size = size or int(found.get("spec", {}).get("minMember") or 1)
+    kueue_group = _declared(pod, KUEUE_POD_GROUP)
+    if name is None and kueue_group is not None:
+        name = kueue_group
+        size = size or _int(pod, KUEUE_POD_GROUP_COUNT, low=1, high=MAX_GANG_SIZE)
+        if size is None:
+            raise SpecError(f"{KUEUE_POD_GROUP}={name} needs {KUEUE_POD_GROUP_COUNT}")
     if name is None:
         raise SpecError(f"the pod declares no {GANG}")
     if size is None:

@@ -94,6 +94,12 @@ for _ordering in (
     ),
     Ordering("qssf", _shortest_service, description="shortest service (duration x GPUs)"),
     Ordering(
+        "shortest-service",
+        _shortest_service,
+        preemptive=True,
+        description="shortest predicted remaining service (duration x GPUs), preemptive",
+    ),
+    Ordering(
         "stowage",
         _virtual_finish,
         description="earliest virtual finish: submission plus predicted service",

@@ -13,7 +13,7 @@ A *policy* is a cycle configuration (ordering, actions) plus what the simulator 
 cycle about durations: nothing (``fifo``, ``tiresias-las``), the truth (the oracles, which
 are bounds, not policies), the truth with the Helios study's estimate errors
 (``qssf-noisy``), or a prediction learned from the jobs that have already ended
-(``stowage``: never the future).
+(``stowage``: the Gittins effort of their remaining times, never the future).
 
 Pure apart from reading the CSV files; deterministic for a seed.
 """
@@ -246,6 +246,10 @@ class Estimator:
     def predict(self, job: TraceJob, ran_s: float) -> float | None:
         return None
 
+    def predict_running(self, job: TraceJob, ran_at_start_s: float, ran_s: float) -> float | None:
+        """What a running job, started with ``ran_at_start_s`` done, is predicted to need."""
+        return self.predict(job, ran_s)
+
     def ended(self, job: TraceJob) -> None:
         """``job`` ended: its duration is now known (history for later predictions)."""
 
@@ -302,20 +306,28 @@ class History(Estimator):
             self._recent[key].append(job.duration_s)
             self._sorted.pop(key, None)
 
-    def predict(self, job: TraceJob, ran_s: float) -> float | None:
+    def durations(self, job: TraceJob) -> list[float] | None:
+        """The ended jobs' durations, sorted, of the first of (same queue and GPU count,
+        same queue, all) with at least 8; None before any job has ended."""
         for key in ((job.queue, job.gpus), job.queue, ""):
             samples = self._recent.get(key)
             if samples and (len(samples) >= 8 or key == ""):
                 ordered = self._sorted.get(key)
                 if ordered is None:
                     ordered = self._sorted[key] = sorted(samples)
-                longer = bisect.bisect_right(ordered, ran_s)
-                if longer == len(ordered):
-                    return ran_s  # it outlived every one we saw: as long again
-                middle = (longer + len(ordered) - 1) / 2  # the median of the longer ones
-                median = (ordered[int(middle)] + ordered[math.ceil(middle)]) / 2
-                return max(median - ran_s, 1.0)
-        return max(DEFAULT_PREDICTION_S - ran_s, 1.0)
+                return ordered
+        return None
+
+    def predict(self, job: TraceJob, ran_s: float) -> float | None:
+        ordered = self.durations(job)
+        if ordered is None:
+            return max(DEFAULT_PREDICTION_S - ran_s, 1.0)
+        longer = bisect.bisect_right(ordered, ran_s)
+        if longer == len(ordered):
+            return ran_s  # it outlived every one we saw: as long again
+        middle = (longer + len(ordered) - 1) / 2  # the median of the longer ones
+        median = (ordered[int(middle)] + ordered[math.ceil(middle)]) / 2
+        return max(median - ran_s, 1.0)
 
 
 class Gittins(History):
@@ -327,21 +339,32 @@ class Gittins(History):
     that history; for a heavy-tailed history it favours the jobs that have run least, as
     least-attained-service does, and for a light-tailed one the shortest, as SRPT does."""
 
+    def _index(self, job: TraceJob, ran_s: float) -> tuple[float, float]:
+        """(least expected effort per completion, the quantum that attains it)."""
+        ordered = self.durations(job)
+        if ordered is None:
+            fallback = max(DEFAULT_PREDICTION_S - ran_s, 1.0)
+            return fallback, fallback
+        remaining = np.asarray(ordered[bisect.bisect_right(ordered, ran_s) :]) - ran_s
+        if len(remaining) == 0:
+            return max(ran_s, 1.0), max(ran_s, 1.0)
+        count = np.arange(1, len(remaining) + 1)
+        # E[min(R, r_k)] * n = sum of the k smallest + (n - k) * r_k
+        effort = (np.cumsum(remaining) + (len(remaining) - count) * remaining) / count
+        best = int(np.argmin(effort))
+        return max(float(effort[best]), 1.0), float(remaining[best])
+
     def predict(self, job: TraceJob, ran_s: float) -> float | None:
-        for key in ((job.queue, job.gpus), job.queue, ""):
-            samples = self._recent.get(key)
-            if samples and (len(samples) >= 8 or key == ""):
-                ordered = self._sorted.get(key)
-                if ordered is None:
-                    ordered = self._sorted[key] = sorted(samples)
-                remaining = np.asarray(ordered[bisect.bisect_right(ordered, ran_s) :]) - ran_s
-                if len(remaining) == 0:
-                    return max(ran_s, 1.0)
-                count = np.arange(1, len(remaining) + 1)
-                # E[min(R, r_k)] * n = sum of the k smallest + (n - k) * r_k
-                effort = np.cumsum(remaining) + (len(remaining) - count) * remaining
-                return max(float(np.min(effort / count)), 1.0)
-        return max(DEFAULT_PREDICTION_S - ran_s, 1.0)
+        return self._index(job, ran_s)[0]
+
+    def predict_running(self, job: TraceJob, ran_at_start_s: float, ran_s: float) -> float | None:
+        """The index a job started with holds until it has run the quantum that index was
+        computed for (the policy's own rule: serve a job for its quantum, then look again),
+        so running jobs are not re-ranked, and preempted, at every arrival."""
+        effort, quantum = self._index(job, ran_at_start_s)
+        if ran_s < ran_at_start_s + quantum:
+            return effort
+        return self._index(job, ran_s)[0]
 
 
 @dataclass(frozen=True)
@@ -391,9 +414,10 @@ POLICIES: Final = {
         ),
         ReplayPolicy(
             "stowage",
-            _config("stowage", "allocate", "backfill", "preempt"),
-            lambda seed: History(),
-            "shortest predicted service first (learned from ended jobs), aged; EASY backfill",
+            _config("shortest-service", "allocate", "preempt"),
+            lambda seed: Gittins(),
+            "shortest predicted remaining service first, preemptive; the prediction is the "
+            "Gittins effort of the jobs of the same queue and GPU count that have ended",
         ),
     )
 }
@@ -634,7 +658,7 @@ class Replay:
                         queue=run.job.queue,
                         submitted_s=run.job.submit_s,
                         created=f"{run.job.submit_s:014.1f}",
-                        duration_s=self.estimator.predict(run.job, done),
+                        duration_s=self.estimator.predict_running(run.job, run.ran_before_s, done),
                         attained_gpu_s=self.attained[index] + run.job.gpus * (now - run.started_s),
                         started_s=run.started_s,
                     )

@@ -10,10 +10,12 @@ from sqlalchemy import Engine
 from kubefake import FakeApiServer
 from optimizer.controller.admission import ADMITTED, WAITING
 from optimizer.controller.kube import KubeApi
+from shared.labels import SCHEDULING_GATE
 from tests.optimizer.conftest import WallClock
 from tests.optimizer.test_admission import (  # noqa: F401 (the fixture)
     _admitter,
     _free_rack_b_and_submit,
+    _pod,
     _train,
     cluster,
 )
@@ -68,3 +70,34 @@ def test_a_dry_run_writes_no_queue_status(
     _free_rack_b_and_submit(server)
     _admitter(api, engine, WallClock(), dry_run=True).cycle()
     assert "status" not in server.get("queues", None, "team")
+
+
+def test_a_kueue_pod_group_is_a_gang_in_the_queue_its_pods_name(
+    cluster: tuple[FakeApiServer, KubeApi],  # noqa: F811
+    engine: Engine,
+) -> None:
+    server, api = cluster
+    server.put(QUEUES, _queue("team", "16"))
+    labels = {
+        "kueue.x-k8s.io/pod-group-name": "kg",
+        "kueue.x-k8s.io/queue-name": "team",
+    }
+    for i in range(3):  # 3 x 8 GPUs: more than the queue's 16
+        pod = _pod(f"kg-{i}", labels=labels)
+        pod["metadata"]["annotations"] = {"kueue.x-k8s.io/pod-group-total-count": "3"}
+        pod["spec"]["schedulingGates"] = [{"name": SCHEDULING_GATE}]
+        server.put("v1/pods", pod)
+    missing = _pod("lone-0", labels={"kueue.x-k8s.io/pod-group-name": "lone"})
+    missing["spec"]["schedulingGates"] = [{"name": SCHEDULING_GATE}]
+    server.put("v1/pods", missing)
+    admitter = _admitter(api, engine, WallClock())
+    outcomes = {o.gang: o for o in admitter.cycle()}
+    assert outcomes["kg"].phase == WAITING
+    assert "queue team needs 24 GPUs" in outcomes["kg"].message
+    plan = admitter.last_plan
+    assert plan is not None
+    [lone] = [i for i in plan.invalid if i.name == "lone-0"]
+    assert "kueue.x-k8s.io/pod-group-total-count" in lone.reason
+    server.put(QUEUES, _queue("team", "24"))
+    outcomes = {o.gang: o for o in admitter.cycle()}
+    assert outcomes["kg"].phase == ADMITTED
