@@ -46,6 +46,7 @@ RESOURCES = (
     "coordination.k8s.io/v1/leases",
     "scheduling.x-k8s.io/v1alpha1/podgroups",
     "stowage.io/v1alpha1/queues",
+    "scheduling.volcano.sh/v1beta1/podgroups",
 )
 
 

@@ -220,6 +220,7 @@ class GangAdmitter:
             levels=self._levels,
             queues=self._queue_objects,
             now=now,
+            volcano_groups=self._api.list_volcano_pod_groups(),
         )
         for problem in observed.snapshot.base.unaccounted:
             log.warning("running pod not accounted", problem=problem)

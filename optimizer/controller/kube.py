@@ -273,6 +273,19 @@ class KubeApi:
         except ApiException as error:
             raise _translate(error) from error
 
+    @needs("scheduling.volcano.sh", "podgroups", "list")
+    def list_volcano_pod_groups(self) -> list[dict[str, Any]]:
+        """Volcano PodGroups of every namespace (none if Volcano is not installed)."""
+        try:
+            listing = self._custom.list_cluster_custom_object(
+                "scheduling.volcano.sh", "v1beta1", "podgroups"
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return []
+            raise _translate(error) from error
+        return list(dict(listing).get("items", []))  # type: ignore[call-overload]
+
     @needs("stowage.io", "queues", "list")
     def list_queues(self) -> list[dict[str, Any]]:
         """Stowage ``Queue`` objects (none if the CRD is not installed)."""

@@ -268,6 +268,7 @@ def observe(
     levels: Sequence[TopologyLevel] = DEFAULT_LEVELS,
     queues: Iterable[Any] = (),
     now: datetime | None = None,
+    volcano_groups: Iterable[Any] = (),
 ) -> Observed:
     """Read the cluster into the cycle's snapshot.
 
@@ -281,6 +282,7 @@ def observe(
         levels: the topology levels, outermost first.
         queues: ``Queue`` objects (stowage.io/v1alpha1); unreadable ones are invalid.
         now: the cycle's clock (default: the wall clock), for running jobs' expected ends.
+        volcano_groups: Volcano PodGroups (scheduling.volcano.sh/v1beta1).
     """
     now_s = (now or datetime.now(UTC)).timestamp()
     reports = reports or {}
@@ -307,6 +309,13 @@ def observe(
             invalid.append(Invalid("PodGroup", namespace, name, "a PodGroup without a name", uid))
             continue
         groups[(namespace or "default", name)] = group
+    volcano: dict[tuple[str, str], dict[str, Any]] = {}
+    for group in volcano_groups:
+        namespace, name, uid = _identity(group, "PodGroup")
+        if not isinstance(group, dict) or not name or name.startswith("<"):
+            invalid.append(Invalid("PodGroup", namespace, name, "a PodGroup without a name", uid))
+            continue
+        volcano[(namespace or "default", name)] = group
     level_names = [level.name for level in levels]
     committed: dict[str, tuple[str, tuple[int, ...]]] = {}
     owned: set[tuple[str, str]] = set()
@@ -329,7 +338,7 @@ def observe(
             managed = info.namespace in enabled and (declared_gang(pod) or is_gated(pod))
             if managed and not pod["metadata"].get("deletionTimestamp"):
                 try:
-                    declared = _gang_of(pod, groups, level_names)
+                    declared = _gang_of(pod, groups, level_names, volcano)
                 except SpecError:
                     if not finished(pod):
                         raise
@@ -503,13 +512,14 @@ def _gang_of(
     pod: Mapping[str, Any],
     groups: Mapping[tuple[str, str], Mapping[str, Any]],
     levels: Sequence[str],
+    volcano: Mapping[tuple[str, str], Mapping[str, Any]],
 ) -> GangSpec:
     """The pod's gang; a gated pod that declares none is a gang of one named after it."""
     if declared_gang(pod) is None:
         meta = pod["metadata"]
         return GangSpec(str(meta.get("namespace") or "default"), str(meta["name"]), size=1)
     try:
-        return gang_spec(pod, pod_groups=groups, levels=levels)
+        return gang_spec(pod, pod_groups=groups, levels=levels, volcano_groups=volcano)
     except SpecError:
         raise
     except _READ_ERRORS as error:

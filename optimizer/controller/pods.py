@@ -17,6 +17,8 @@ Gangs are declared on pods, by label or annotation (labels win):
                                         reserves room by running jobs' expected ends
 ``scheduling.x-k8s.io/pod-group``       compatibility: the gang is the PodGroup, its
                                         ``spec.minMember`` the size
+``scheduling.k8s.io/group-name``        compatibility: a Volcano PodGroup, its
+                                        ``spec.minMember`` the size, ``spec.queue`` the queue
 ``kueue.x-k8s.io/pod-group-name``       compatibility: Kueue's plain-pod group, its size
                                         the ``kueue.x-k8s.io/pod-group-total-count``
                                         annotation
@@ -55,6 +57,8 @@ KUEUE_QUEUE_NAME: Final = "kueue.x-k8s.io/queue-name"
 #: Kueue's plain-pod groups: the group's name (label) and how many pods it has (annotation).
 KUEUE_POD_GROUP: Final = "kueue.x-k8s.io/pod-group-name"
 KUEUE_POD_GROUP_COUNT: Final = "kueue.x-k8s.io/pod-group-total-count"
+#: Volcano's annotation naming a pod's PodGroup (scheduling.volcano.sh/v1beta1).
+VOLCANO_GROUP: Final = "scheduling.k8s.io/group-name"
 GPU_MILLI: Final = "stowage.io/gpu-milli"
 #: How long a gang waits before its first GangTimeout event, when it does not say.
 DEFAULT_TIMEOUT_S: Final = 600
@@ -99,7 +103,10 @@ def is_gang_member(pod: Mapping[str, Any]) -> bool:
 def declared_gang(pod: Mapping[str, Any]) -> str | None:
     """The gang (or PodGroup, or Kueue pod group) name the pod declares, unvalidated."""
     return (
-        _declared(pod, GANG) or _declared(pod, POD_GROUP_LABEL) or _declared(pod, KUEUE_POD_GROUP)
+        _declared(pod, GANG)
+        or _declared(pod, POD_GROUP_LABEL)
+        or _declared(pod, KUEUE_POD_GROUP)
+        or _declared(pod, VOLCANO_GROUP)
     )
 
 
@@ -157,6 +164,7 @@ def gang_spec(
     *,
     pod_groups: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     levels: Sequence[str] = (),
+    volcano_groups: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
 ) -> GangSpec:
     """The gang ``pod`` belongs to; raises :class:`SpecError` saying what is wrong."""
     meta = pod.get("metadata", {})
@@ -176,6 +184,16 @@ def gang_spec(
         size = size or _int(pod, KUEUE_POD_GROUP_COUNT, low=1, high=MAX_GANG_SIZE)
         if size is None:
             raise SpecError(f"{KUEUE_POD_GROUP}={name} needs {KUEUE_POD_GROUP_COUNT}")
+    volcano = _declared(pod, VOLCANO_GROUP)
+    queue = declared_queue(pod)
+    if name is None and volcano is not None:
+        found = (volcano_groups or {}).get((namespace, volcano))
+        if found is None:
+            raise SpecError(f"Volcano PodGroup {volcano!r} does not exist in namespace {namespace}")
+        name = volcano
+        spec = found.get("spec") or {}
+        size = size or int(spec.get("minMember") or 1)
+        queue = queue or (str(spec["queue"]) if spec.get("queue") else None)
     if name is None:
         raise SpecError(f"the pod declares no {GANG}")
     if size is None:
@@ -196,7 +214,7 @@ def gang_spec(
         name=name,
         size=size,
         max_size=max_size,
-        queue=declared_queue(pod),
+        queue=queue,
         topology_level=level or None,
         required=bool(required),
         timeout_s=timeout or DEFAULT_TIMEOUT_S,

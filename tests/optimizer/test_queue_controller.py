@@ -101,3 +101,39 @@ def test_a_kueue_pod_group_is_a_gang_in_the_queue_its_pods_name(
     server.put(QUEUES, _queue("team", "24"))
     outcomes = {o.gang: o for o in admitter.cycle()}
     assert outcomes["kg"].phase == ADMITTED
+
+
+def test_a_volcano_pod_group_is_a_gang_of_its_min_member_in_its_queue(
+    cluster: tuple[FakeApiServer, KubeApi],  # noqa: F811
+    engine: Engine,
+) -> None:
+    server, api = cluster
+    server.put(QUEUES, _queue("team", "8"))
+    server.put(
+        "scheduling.volcano.sh/v1beta1/podgroups",
+        {
+            "apiVersion": "scheduling.volcano.sh/v1beta1",
+            "kind": "PodGroup",
+            "metadata": {"name": "vg", "namespace": "ml"},
+            "spec": {"minMember": 2, "queue": "team"},
+        },
+    )
+    for i in range(2):
+        pod = _pod(f"vg-{i}")
+        pod["metadata"]["annotations"] = {"scheduling.k8s.io/group-name": "vg"}
+        pod["spec"]["schedulingGates"] = [{"name": SCHEDULING_GATE}]
+        server.put("v1/pods", pod)
+    orphan = _pod("orphan-0")
+    orphan["metadata"]["annotations"] = {"scheduling.k8s.io/group-name": "nope"}
+    orphan["spec"]["schedulingGates"] = [{"name": SCHEDULING_GATE}]
+    server.put("v1/pods", orphan)
+    admitter = _admitter(api, engine, WallClock())
+    outcomes = {o.gang: o for o in admitter.cycle()}
+    assert outcomes["vg"].phase == WAITING  # 2 x 8 GPUs in a queue of 8
+    assert "queue team needs 16 GPUs" in outcomes["vg"].message
+    plan = admitter.last_plan
+    assert plan is not None
+    [orphaned] = [i for i in plan.invalid if i.name == "orphan-0"]
+    assert "Volcano PodGroup 'nope' does not exist" in orphaned.reason
+    server.put(QUEUES, _queue("team", "16"))
+    assert {o.gang: o for o in admitter.cycle()}["vg"].phase == ADMITTED
