@@ -244,18 +244,20 @@ class KubeApi:
         except ApiException as error:
             raise _translate(error) from error
 
-    @needs("scheduling.x-k8s.io", "podgroups", "list")
-    def list_pod_groups(self) -> list[dict[str, Any]]:
-        """scheduler-plugins PodGroups of every namespace (none if the CRD is absent)."""
+    def _list_custom(self, group: str, version: str, plural: str) -> list[dict[str, Any]]:
+        """Every object of a custom resource (none when its CRD is not installed)."""
         try:
-            listing = self._custom.list_cluster_custom_object(
-                POD_GROUP_GROUP, POD_GROUP_VERSION, "podgroups"
-            )
+            listing = self._custom.list_cluster_custom_object(group, version, plural)
         except ApiException as error:
             if error.status == 404:
                 return []
             raise _translate(error) from error
         return list(dict(listing).get("items", []))  # type: ignore[call-overload]
+
+    @needs("scheduling.x-k8s.io", "podgroups", "list")
+    def list_pod_groups(self) -> list[dict[str, Any]]:
+        """scheduler-plugins PodGroups of every namespace (none if the CRD is absent)."""
+        return self._list_custom(POD_GROUP_GROUP, POD_GROUP_VERSION, "podgroups")
 
     @needs("scheduling.x-k8s.io", "podgroups/status", "patch")
     def patch_pod_group_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -276,28 +278,12 @@ class KubeApi:
     @needs("scheduling.volcano.sh", "podgroups", "list")
     def list_volcano_pod_groups(self) -> list[dict[str, Any]]:
         """Volcano PodGroups of every namespace (none if Volcano is not installed)."""
-        try:
-            listing = self._custom.list_cluster_custom_object(
-                "scheduling.volcano.sh", "v1beta1", "podgroups"
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return []
-            raise _translate(error) from error
-        return list(dict(listing).get("items", []))  # type: ignore[call-overload]
+        return self._list_custom("scheduling.volcano.sh", "v1beta1", "podgroups")
 
     @needs("stowage.io", "queues", "list")
     def list_queues(self) -> list[dict[str, Any]]:
         """Stowage ``Queue`` objects (none if the CRD is not installed)."""
-        try:
-            listing = self._custom.list_cluster_custom_object(
-                QUEUE_GROUP, QUEUE_VERSION, QUEUE_PLURAL
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return []
-            raise _translate(error) from error
-        return list(dict(listing).get("items", []))  # type: ignore[call-overload]
+        return self._list_custom(QUEUE_GROUP, QUEUE_VERSION, QUEUE_PLURAL)
 
     @needs("stowage.io", "queues/status", "patch")
     def patch_queue_status(self, name: str, status: Mapping[str, Any]) -> None:

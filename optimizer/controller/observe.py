@@ -302,20 +302,8 @@ def observe(
             continue
         infos[ninfo.name] = ninfo
         facts.append(fact)
-    groups: dict[tuple[str, str], dict[str, Any]] = {}
-    for group in pod_groups:
-        namespace, name, uid = _identity(group, "PodGroup")
-        if not isinstance(group, dict) or not name or name.startswith("<"):
-            invalid.append(Invalid("PodGroup", namespace, name, "a PodGroup without a name", uid))
-            continue
-        groups[(namespace or "default", name)] = group
-    volcano: dict[tuple[str, str], dict[str, Any]] = {}
-    for group in volcano_groups:
-        namespace, name, uid = _identity(group, "PodGroup")
-        if not isinstance(group, dict) or not name or name.startswith("<"):
-            invalid.append(Invalid("PodGroup", namespace, name, "a PodGroup without a name", uid))
-            continue
-        volcano[(namespace or "default", name)] = group
+    groups = _by_key(pod_groups, invalid)
+    volcano = _by_key(volcano_groups, invalid)
     level_names = [level.name for level in levels]
     committed: dict[str, tuple[str, tuple[int, ...]]] = {}
     owned: set[tuple[str, str]] = set()
@@ -463,6 +451,18 @@ def observe(
         now_s=now_s,
     )
     return Observed(snapshot, gangs, groups, by_uid, skipped)
+
+
+def _by_key(objects: Iterable[Any], invalid: list[Invalid]) -> dict[tuple[str, str], Any]:
+    """PodGroups by (namespace, name); one without a name goes to ``invalid``."""
+    out: dict[tuple[str, str], Any] = {}
+    for group in objects:
+        namespace, name, uid = _identity(group, "PodGroup")
+        if not isinstance(group, dict) or not name or name.startswith("<"):
+            invalid.append(Invalid("PodGroup", namespace, name, "a PodGroup without a name", uid))
+            continue
+        out[(namespace or "default", name)] = group
+    return out
 
 
 def _seconds(timestamp: str | None) -> float | None:
