@@ -127,7 +127,6 @@ class GangAdmitter:
         self.committer = Committer(api, engine, audit, dry_run=dry_run, clock=clock)
         self.last_plan: Plan | None = None
         self._statuses: dict[tuple[str, str], GangStatus] = {}
-        self._queue_objects: list[dict[str, Any]] = []
         self._queue_written: dict[str, dict[str, Any]] = {}
 
     def cycle(self) -> list[Outcome]:
@@ -175,14 +174,8 @@ class GangAdmitter:
     def _write_queue_statuses(self, observed: Observed, plan: Plan) -> None:
         """Patch each Queue's status where it changed (not in dry run); a queue that
         cannot be written is logged and skipped."""
-        generations = {
-            str(q["metadata"]["name"]): int(q["metadata"].get("generation") or 0)
-            for q in self._queue_objects
-            if isinstance(q, dict)
-            and isinstance(q.get("metadata"), dict)
-            and q["metadata"].get("name")
-        }
-        for name, status in queue_status(observed.snapshot, plan, generations).items():
+        statuses = queue_status(observed.snapshot, plan, observed.queue_generations)
+        for name, status in statuses.items():
             if self._queue_written.get(name) == status:
                 continue
             if self._dry_run:
@@ -197,7 +190,6 @@ class GangAdmitter:
             self._queue_written[name] = status
 
     def _observe(self, enabled: set[str]) -> Observed:
-        self._queue_objects = self._api.list_queues()
         intents = self.committer.open_intents()
         now = self._clock()
         self._statuses = self.committer.statuses()
@@ -218,7 +210,7 @@ class GangAdmitter:
             ],
             held_back=held_back,
             levels=self._levels,
-            queues=self._queue_objects,
+            queues=self._api.list_queues(),
             now=now,
             volcano_groups=self._api.list_volcano_pod_groups(),
         )

@@ -99,6 +99,8 @@ class Observed:
     pods: dict[str, dict[str, Any]]  # uid -> pod
     #: Managed gangs not planned this cycle, with why (short of members, held back).
     skipped: dict[tuple[str, str], str]
+    #: The metadata.generation of each Queue used (its status reports which it saw).
+    queue_generations: Mapping[str, int] = field(default_factory=dict)
 
 
 def finished(pod: Mapping[str, Any]) -> bool:
@@ -366,7 +368,7 @@ def observe(
             view = gangs.get(gang_key) if gang_key else None
             whole = view is not None and not view.gated
             named = view.spec.queue if view is not None else declared_queue(pod)
-            queue = read.queues.resolve(named, info.namespace) if read.queues else None
+            queue = read.queues.resolve(named, info.namespace)
             bound.append(
                 BoundPod(info, str(node), gpus, gang_key if whole else None, terminating, queue)
             )
@@ -450,7 +452,7 @@ def observe(
         running=tuple(r for r in running if r is not None),
         now_s=now_s,
     )
-    return Observed(snapshot, gangs, groups, by_uid, skipped)
+    return Observed(snapshot, gangs, groups, by_uid, skipped, read.generations)
 
 
 def _by_key(objects: Iterable[Any], invalid: list[Invalid]) -> dict[tuple[str, str], Any]:

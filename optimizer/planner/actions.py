@@ -1,11 +1,13 @@
 """Actions: the steps of a cycle, each ``execute(session) -> decisions`` (Volcano's actions).
 
-``allocate`` places every job in order (priority, then age), whole or not at all, on the
-nodes the filters allow; what it cannot place is left in ``session.unplaced`` with the
-reason. ``preempt`` then looks, for each unplaced managed job, for lower-priority gangs whose
-eviction would make room, trying them on a statement it discards: evicted pods free their
-room only once they are gone, so the job is placed by a later cycle. The next issues add
-``backfill``, ``reclaim`` and ``defragment`` here, registered by name.
+``allocate`` serves the queues in fair-share order, each in its ordering, and places every
+job whole or not at all, within its queue's quota, on the nodes the filters allow; what it
+cannot place is left in ``session.unplaced`` with the reason. ``backfill`` runs jobs behind
+a queue's stopped head where the head's reservation holds (EASY). ``preempt`` then looks,
+for each unplaced managed job, for whole gangs whose eviction would make room, trying them
+on a statement it discards: evicted pods free their room only once they are gone, so the
+job is placed by a later cycle. ``reclaim`` and ``defragment`` are to come, registered by
+name.
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ def _admitted(session: Session, admit: Admit, queue: str | None) -> None:
         session.book.add(
             queue,
             placed_demand(
-                (p.request, state.models[state.model_id[state.names.index(p.node)]])
+                (p.request, state.models[state.model_id[session.row_of[p.node]]])
                 for p in admit.pods
             ),
         )
@@ -230,7 +232,7 @@ def queue_lines(session: Session, jobs: Sequence[Job]) -> list[_Line]:
     lines: dict[str | None, _Line] = {}
     keys: dict[str | None, KeyFunction] = {}
     for job in jobs:
-        queue = queues.resolve(job.queue, job.namespace) if queues else None
+        queue = session.queue_of(job)
         key = keys.get(queue)
         if key is None:
             if queue is not None and queue not in queues.specs:
@@ -285,7 +287,7 @@ class Allocate:
                 continue
             session.unplaced[job.key] = outcome
             if session.strict and outcome.code in (NO_ROOM, QUOTA):
-                session.blocked[line.queue] = (job, [j for _, j in line.jobs[line.at :]])
+                session.blocked[line.queue] = (job, line.jobs[line.at :])
                 for _, behind in line.jobs[line.at :]:
                     session.unplaced[behind.key] = Wait(
                         behind, f"waiting behind {job.label} in its queue", NO_ROOM
@@ -332,7 +334,6 @@ class _Reservation:
     """A blocked head's earliest predicted start and what must have ended by then."""
 
     head: Job
-    queue: str | None
     at_s: float
     bound: list[int]  # bound pods that end before ``at_s``
     admits: list[Admit]  # this cycle's admissions that end before ``at_s``
@@ -364,15 +365,14 @@ def _fits_after(session: Session, head: Job, bound: Sequence[int], admits: Seque
         for i in bound:
             statement.evict(i)
         for admit in admits:
-            row_of = {name: row for row, name in enumerate(session.state.names)}
             for pod in admit.pods:
-                statement.free(row_of[pod.node], pod.gpus, pod.request)
+                statement.free(session.row_of[pod.node], pod.gpus, pod.request)
         return isinstance(place_job(session, head, commit=False), Admit)
     finally:
         statement.discard()
 
 
-def reservation(session: Session, head: Job, queue: str | None) -> _Reservation | None:
+def reservation(session: Session, head: Job) -> _Reservation | None:
     """``head``'s earliest predicted start: the fewest soonest-ending holders whose end lets
     it fit (binary search: freeing more never makes it fit less); None when it would not
     fit even once everything with a predicted end has ended."""
@@ -393,7 +393,7 @@ def reservation(session: Session, head: Job, queue: str | None) -> _Reservation 
         else:
             low = middle + 1
     bound, admits = split(low)
-    return _Reservation(head, queue, ends[low - 1][0], bound, admits)
+    return _Reservation(head, ends[low - 1][0], bound, admits)
 
 
 @dataclass(frozen=True)
@@ -410,8 +410,8 @@ class Backfill:
             return []
         now = session.snapshot.now_s
         reservations: list[_Reservation] = []
-        for queue, (head, _) in session.blocked.items():
-            booked = reservation(session, head, queue)
+        for head, _ in session.blocked.values():
+            booked = reservation(session, head)
             if booked is None:
                 continue
             reservations.append(booked)
@@ -424,11 +424,7 @@ class Backfill:
         decisions: list[Decision] = []
         failed: dict[tuple[object, ...], Wait] = {}
         lines = [
-            _Line(
-                queue,
-                session.ordering_of(queue).name,
-                [(session.order_key(j, queue), j) for j in rest],
-            )
+            _Line(queue, session.ordering_of(queue).name, rest)
             for queue, (_, rest) in session.blocked.items()
         ]
         while (line := _next_line(session, lines)) is not None:
@@ -613,12 +609,11 @@ class Preempt:
                 )
             if not eligible:
                 return None
-            chosen: list[tuple[tuple[str, str], list[int]]] = []
+            chosen: list[_Victim] = []
             for victim in eligible:
-                gang, rows = victim.gang, victim.rows
-                for i in rows:
+                for i in victim.rows:
                     statement.evict(i)
-                chosen.append((gang, rows))
+                chosen.append(victim)
                 if isinstance(place_job(session, job, commit=False), Admit):
                     break
             else:
@@ -633,10 +628,10 @@ class Preempt:
                 )
         finally:
             statement.discard()
-        names = ", ".join(f"{g[0]}/{g[1]}" for g, _ in chosen)
+        names = ", ".join(f"{v.gang[0]}/{v.gang[1]}" for v in chosen)
         by_rank = (
             ""
-            if all(max(bound[i].info.priority for i in rows) < job.priority for _, rows in chosen)
+            if all(v.priority < job.priority for v in chosen)
             else f" or ranks ahead of them by {session.ordering_of(session.queue_of(job)).name}"
         )
         why = (
@@ -644,12 +639,14 @@ class Preempt:
             f"{job.size} pods and cannot fit otherwise"
         )
         evictions = [
-            Evict(bound[i].info.namespace, bound[i].info.name, bound[i].info.uid, why, job.key, g)
-            for g, rows in chosen
-            for i in sorted(rows, key=lambda i: bound[i].info.name)
+            Evict(
+                bound[i].info.namespace, bound[i].info.name, bound[i].info.uid, why, job.key, v.gang
+            )
+            for v in chosen
+            for i in sorted(v.rows, key=lambda i: bound[i].info.name)
         ]
-        for _, rows in chosen:
-            session.evicted.update(rows)
+        for v in chosen:
+            session.evicted.update(v.rows)
         what = "lower-priority gang(s)" if not by_rank else "gang(s)"
         reason = f"{head}; preempting {len(chosen)} {what}: {names}"
         return Wait(job, reason, PREEMPTING), evictions

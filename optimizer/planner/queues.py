@@ -28,8 +28,6 @@ from optimizer.planner.cluster import PodRequest
 GPU: Final = "nvidia.com/gpu"
 CPU: Final = "cpu"
 MEMORY: Final = "memory"
-#: Resource names a quota may name, with the unit the planner counts them in.
-UNITS: Final = {GPU: "milli-GPU", CPU: "milli-CPU", MEMORY: "MiB"}
 
 #: (resource name, GPU model or "" for any model).
 ResourceKey = tuple[str, str]
@@ -162,11 +160,11 @@ class QueueSet:
         return bool(self.specs)
 
     def resolve(self, named: str | None, namespace: str) -> str | None:
-        """The queue a job is in: the one it names, else its namespace's default."""
+        """The queue a job is in: the one it names, else its namespace's default; None
+        when there are no queues at all (a queue name is then only a label)."""
+        if not self.specs:
+            return None
         return named if named is not None else self.by_namespace.get(namespace)
-
-    def leaves(self) -> list[str]:
-        return sorted(n for n, kids in self.children.items() if not kids)
 
     def subtree(self, name: str) -> list[str]:
         out, todo = [], [name]

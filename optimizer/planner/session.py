@@ -153,15 +153,18 @@ class Session:
                 self.gang_rows.setdefault(bound.gang, []).append(i)
         #: What the actions admitted so far, in order.
         self.admitted: list[Admit] = []
-        #: Queues a strict allocate stopped at: queue -> (its head, the jobs behind it).
-        self.blocked: dict[str | None, tuple[Job, list[Job]]] = {}
+        #: Queues a strict allocate stopped at: queue -> (its head, the jobs behind it with
+        #: their order keys, in order).
+        self.blocked: dict[str | None, tuple[Job, list[tuple[SortKey, Job]]]] = {}
         self.state: ClusterState = snapshot.base.state.copy()
         self.policy = policy
         self.ctx = ctx
         self.filters = tuple(filters)
         self.evicted: set[int] = set()
         self.placed: list[PlacedPod] = []
-        row_of = {name: row for row, name in enumerate(self.state.names)}
+        #: Node name -> row of the arrays.
+        self.row_of = {name: row for row, name in enumerate(self.state.names)}
+        row_of = self.row_of
         for bound, held in zip(snapshot.bound, snapshot.base.held, strict=False):
             if held is not None:
                 info = bound.info
@@ -182,8 +185,6 @@ class Session:
 
     def queue_of(self, job: Job) -> str | None:
         """The queue whose quota ``job`` uses (None: none; the queues may not have it)."""
-        if not self.snapshot.queues:
-            return None
         return self.snapshot.queues.resolve(job.queue, job.namespace)
 
     def ordering_of(self, queue: str | None) -> Ordering:

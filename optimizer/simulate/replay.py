@@ -592,8 +592,8 @@ class Replay:
         bisect.insort(self.lines[job.queue], (key, index))
 
     def _leave_line(self, index: int) -> None:
-        job = self.pending.pop(index)
-        line = self.lines[job.namespace]
+        del self.pending[index]
+        line = self.lines[self.trace[index].queue]
         at = bisect.bisect_left(line, (self.sort_key.pop(index), index))
         del line[at]
 
