@@ -50,11 +50,31 @@ class ReadQueues:
 def _amount(resource: str, value: Any, path: str) -> int:
     try:
         quantity = parse_quantity(value)
-    except (ValueError, TypeError):
+        amount = int(quantity * _SCALE[resource])
+    except (ValueError, TypeError, ArithmeticError):
         raise QueueSpecError(f"{path}: {value!r} is not a quantity") from None
     if quantity < 0:
         raise QueueSpecError(f"{path}: {value!r} is negative")
-    return int(quantity * _SCALE[resource])
+    return amount
+
+
+def _number(spec: Mapping[str, Any], field: str, default: float) -> float:
+    value = spec.get(field, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise QueueSpecError(f"spec.{field}: {value!r} is not a number") from None
+    if not 0 <= number < float("inf"):
+        raise QueueSpecError(f"spec.{field}: {value!r} must be a finite number, not negative")
+    return number
+
+
+def _generation(obj: Mapping[str, Any]) -> int:
+    """metadata.generation (the API server sets it); 0 when absent or unreadable."""
+    try:
+        return int((obj.get("metadata") or {}).get("generation") or 0)
+    except (TypeError, ValueError, AttributeError):
+        return 0
 
 
 def queue_spec(obj: Mapping[str, Any]) -> QueueSpec:
@@ -74,7 +94,7 @@ def queue_spec(obj: Mapping[str, Any]) -> QueueSpec:
         if not isinstance(item, Mapping):
             raise QueueSpecError(f"{path}: not an object")
         name = item.get("name")
-        if name not in _SCALE:
+        if not isinstance(name, str) or name not in _SCALE:
             raise QueueSpecError(f"{path}.name: {name!r} is not one of {', '.join(_SCALE)}")
         model = str(item.get("model") or "")
         if model and name != GPU:
@@ -95,26 +115,24 @@ def queue_spec(obj: Mapping[str, Any]) -> QueueSpec:
     if not isinstance(namespaces, list) or not all(isinstance(n, str) for n in namespaces):
         raise QueueSpecError("spec.namespaces: not a list of names")
     ordering = spec.get("ordering")
-    if ordering is not None and ordering not in ORDERINGS:
+    if ordering is not None and (not isinstance(ordering, str) or ordering not in ORDERINGS):
         known = ", ".join(ORDERINGS.names())
         raise QueueSpecError(f"spec.ordering: {ordering!r} is not one of {known}")
     parent = spec.get("parent")
     if parent is not None and not isinstance(parent, str):
         raise QueueSpecError("spec.parent: not a queue name")
-    try:
-        weight = float(spec.get("weight", 1))
-        min_runtime = float(spec.get("preemptMinRuntimeSeconds", 0))
-        return QueueSpec(
-            meta["name"],
-            parent=parent,
-            weight=weight,
-            quotas=quotas,
-            namespaces=frozenset(namespaces),
-            ordering=ordering,
-            min_runtime_s=min_runtime,
-        )
-    except (TypeError, ValueError) as error:
-        raise QueueSpecError(f"spec.weight: {error}") from None
+    weight = _number(spec, "weight", 1.0)
+    if weight == 0:
+        raise QueueSpecError("spec.weight: must be above 0")
+    return QueueSpec(
+        meta["name"],
+        parent=parent,
+        weight=weight,
+        quotas=quotas,
+        namespaces=frozenset(namespaces),
+        ordering=ordering,
+        min_runtime_s=_number(spec, "preemptMinRuntimeSeconds", 0.0),
+    )
 
 
 def read_queues(objects: Iterable[Any]) -> ReadQueues:
@@ -123,7 +141,8 @@ def read_queues(objects: Iterable[Any]) -> ReadQueues:
     invalid: list[Invalid] = []
     generations: dict[str, int] = {}
     for obj in objects:
-        name = str(((obj or {}).get("metadata") or {}).get("name") or "<unnamed>")
+        meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+        name = str(meta.get("name") or "<unnamed>") if isinstance(meta, Mapping) else "<unnamed>"
         try:
             if not isinstance(obj, Mapping):
                 raise QueueSpecError(f"not a Queue object: {type(obj).__name__}")
@@ -131,8 +150,11 @@ def read_queues(objects: Iterable[Any]) -> ReadQueues:
         except QueueSpecError as error:
             invalid.append(Invalid(KIND, "", name, str(error)))
             continue
+        if spec.name in specs:  # a dump can hold one twice; the API server cannot
+            invalid.append(Invalid(KIND, "", name, "metadata.name: a second Queue of this name"))
+            continue
         specs[spec.name] = spec
-        generations[spec.name] = int((obj.get("metadata") or {}).get("generation") or 0)
+        generations[spec.name] = _generation(obj)
     # parents that are missing or form a cycle leave their whole subtree out
     bad: dict[str, str] = {}
     for name in sorted(specs):

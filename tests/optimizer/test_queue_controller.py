@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine
 
 from kubefake import FakeApiServer
 from optimizer.controller.admission import ADMITTED, WAITING
 from optimizer.controller.kube import KubeApi
+from optimizer.controller.queues import read_queues
 from shared.labels import SCHEDULING_GATE
 from tests.optimizer.conftest import WallClock
 from tests.optimizer.test_admission import (  # noqa: F401 (the fixture)
@@ -137,3 +140,76 @@ def test_a_volcano_pod_group_is_a_gang_of_its_min_member_in_its_queue(
     assert "Volcano PodGroup 'nope' does not exist" in orphaned.reason
     server.put(QUEUES, _queue("team", "16"))
     assert {o.gang: o for o in admitter.cycle()}["vg"].phase == ADMITTED
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "parent": st.sampled_from(["a", "b", "c"]) | _json,
+        "weight": st.sampled_from([1, 2.5, 0, -1, "x"]) | _json,
+        "namespaces": st.lists(st.sampled_from(["ml", "cv"]), max_size=2) | _json,
+        "ordering": st.sampled_from(["fifo", "nope"]) | _json,
+        "preemptMinRuntimeSeconds": st.sampled_from([0, 60, -5, "soon"]) | _json,
+        "resources": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "name": st.sampled_from(["nvidia.com/gpu", "cpu", "memory", "disk"]) | _json,
+                    "nominalQuota": st.sampled_from([8, "16", "1Ti", "-1", "lots", "Inf"]) | _json,
+                },
+                optional={"lendingLimit": st.sampled_from([0, 4, 99]) | _json},
+            ),
+            max_size=3,
+        )
+        | _json,
+    },
+)
+_queue_objects = st.lists(
+    st.builds(
+        lambda name, spec, generation: {
+            "metadata": {"name": name, "generation": generation},
+            "spec": spec,
+        },
+        st.sampled_from(["a", "b", "c", "d"]),
+        _fields | _json,
+        st.integers(0, 3) | _json,
+    )
+    | _json,
+    max_size=6,
+).map(lambda objects: list({_name(o): o for o in reversed(objects)}.values())[::-1])
+
+
+def _name(obj: Any) -> object:
+    """A Queue's name (the API server keeps names unique), else the object's identity."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    return meta.get("name") if isinstance(meta, dict) else id(obj)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_queue_objects)
+def test_broken_queues_are_explained_and_the_rest_are_kept(objects: list[Any]) -> None:
+    read = read_queues(objects)
+    invalid = {i.name for i in read.invalid}
+    assert all(i.kind == "Queue" and i.reason for i in read.invalid)
+    for name, spec in read.queues.specs.items():
+        assert name not in invalid
+        assert spec.parent is None or spec.parent in read.queues.specs
+    named = {
+        o["metadata"]["name"]
+        for o in objects
+        if isinstance(o, dict) and isinstance(o.get("metadata"), dict)
+    }
+    assert named <= set(read.queues.specs) | invalid  # every named Queue is kept or explained
+
+
+def test_a_second_queue_of_one_name_in_a_dump_is_explained_and_the_first_kept() -> None:
+    read = read_queues([_queue("a", "8"), _queue("a", "16")])
+    assert read.queues.specs["a"].quotas[("nvidia.com/gpu", "")].nominal == 8_000
+    [twin] = read.invalid
+    assert twin.reason == "metadata.name: a second Queue of this name"
