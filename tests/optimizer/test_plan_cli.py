@@ -255,3 +255,17 @@ def test_plan_shows_a_backfill_decision_and_a_queue_quota_with_reasons(tmp_path:
     assert "reserved to start in 30 min (predicted)" in big
     [wide] = [line for line in lines if line.startswith("WAIT    ml/wide:")]
     assert "queue team needs 4 GPUs of nvidia.com/gpu" in wide
+
+
+def test_a_malformed_runtime_estimate_makes_only_that_pod_invalid() -> None:
+    from optimizer.cli.plan import plan_dump
+
+    bad = _pod("bad-0", gang="bad", size=1, pool="gpu")
+    bad["metadata"]["labels"]["stowage.io/runtime-estimate"] = "soon"
+    good = _pod("good-0", gang="good", size=1, pool="gpu")
+    objects = [_node("n1", pool="gpu"), bad, good]
+    plan = plan_dump(objects, policy="bestfit", enable=["ml"])
+    assert [a.job.name for a in plan.admit] == ["good"]
+    [invalid] = plan.invalid
+    assert invalid.name == "bad-0"
+    assert "stowage.io/runtime-estimate='soon' is not a duration" in invalid.reason
