@@ -47,6 +47,10 @@ RESOURCES = (
     "scheduling.x-k8s.io/v1alpha1/podgroups",
     "stowage.io/v1alpha1/queues",
     "scheduling.volcano.sh/v1beta1/podgroups",
+    "kubeflow.org/v1/pytorchjobs",
+    "kubeflow.org/v2beta1/mpijobs",
+    "jobset.x-k8s.io/v1alpha2/jobsets",
+    "leaderworkerset.x-k8s.io/v1/leaderworkersets",
 )
 
 

@@ -44,6 +44,8 @@ GANG_TIMEOUT: Final = PREFIX + "gang-timeout"
 #: backfill reserves room for a waiting gang by the running jobs' expected ends.
 RUNTIME_ESTIMATE: Final = PREFIX + "runtime-estimate"
 QUEUE: Final = PREFIX + "queue"
+#: On a JobSet: ``jobset`` (one gang, the default) or ``replicated-job`` (one per replicated job).
+GANG_SCOPE: Final = PREFIX + "gang-scope"
 TOPOLOGY_REQUIRED: Final = PREFIX + "topology-required"
 TOPOLOGY_PREFERRED: Final = PREFIX + "topology-preferred"
 NON_PREEMPTIBLE: Final = PREFIX + "non-preemptible"

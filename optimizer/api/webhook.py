@@ -18,7 +18,8 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from optimizer.controller.pods import SpecError, gang_spec, is_gang_member
+from optimizer.controller.errors import MissingObjectError, SpecError
+from optimizer.controller.pods import gang_spec, is_gang_member
 from shared.labels import SCHEDULING_GATE
 
 router = APIRouter(tags=["webhooks"])
@@ -68,7 +69,8 @@ def mutate_pods(review: AdmissionReview) -> dict[str, Any]:
             response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
         try:
             gang_spec(pod)
+        except MissingObjectError:
+            pass  # PodGroups and job owners are the controller's to check
         except SpecError as error:
-            if "PodGroup" not in str(error):  # PodGroups are checked by the controller
-                response["warnings"] = [f"stowage: {error}"]
+            response["warnings"] = [f"stowage: {error}"]
     return {"apiVersion": review.apiVersion, "kind": "AdmissionReview", "response": response}

@@ -1,9 +1,10 @@
 """``stowage plan``: what one scheduling cycle would do on a cluster dump.
 
 Reads ``kubectl get namespaces,nodes,pods,podgroups,queues -A -o yaml`` (a ``List``, or several
-YAML documents, or JSON), optionally agents' NodeReports, runs observe and the pure cycle,
-and prints the Plan. Nothing is written anywhere: this is how an operator asks "what would
-you do?", and how tests pin scenarios.
+YAML documents, or JSON; PyTorchJobs, MPIJobs, JobSets and LeaderWorkerSets in it size their
+pods' gangs, and a PodGroup of ``scheduling.volcano.sh`` is Volcano's), optionally agents'
+NodeReports, runs observe and the pure cycle, and prints the Plan. Nothing is written
+anywhere: this is how an operator asks "what would you do?", and how tests pin scenarios.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from optimizer.controller.frameworks import FRAMEWORKS
 from optimizer.controller.observe import observe
 from optimizer.planner.cycle import DEFAULT_ACTIONS, DEFAULT_ORDERING, CycleConfig, run_cycle
 from optimizer.planner.plan import Job, Plan, Wait
@@ -24,6 +26,9 @@ from shared.labels import NAMESPACE_ENABLED
 from shared.ranges import format_cpu_list
 from shared.report import NodeReport
 from shared.schema import ReportError, parse_report
+
+OWNER_KINDS = frozenset(f.kind for f in FRAMEWORKS)
+VOLCANO_GROUP_API = "scheduling.volcano.sh/"
 
 
 class DumpError(ValueError):
@@ -81,12 +86,18 @@ def plan_dump(
         "Node": [],
         "Pod": [],
         "PodGroup": [],
+        "VolcanoPodGroup": [],
         "Namespace": [],
         "Queue": [],
+        "Owner": [],
     }
     for obj in objects:
         kind = obj.get("kind") if isinstance(obj, dict) else None
-        if kind in kinds:
+        if kind == "PodGroup" and str(obj.get("apiVersion", "")).startswith(VOLCANO_GROUP_API):
+            kinds["VolcanoPodGroup"].append(obj)
+        elif kind in OWNER_KINDS:
+            kinds["Owner"].append(obj)
+        elif kind in kinds:
             kinds[str(kind)].append(obj)
         elif not isinstance(obj, dict):
             kinds["Pod"].append(obj)  # reported as an invalid object, not lost silently
@@ -105,6 +116,8 @@ def plan_dump(
         levels=tuple(levels),
         queues=kinds["Queue"],
         now=now,
+        volcano_groups=kinds["VolcanoPodGroup"],
+        owners=kinds["Owner"],
     )
     config = CycleConfig(policy=policy, actions=tuple(actions), ordering=ordering)
     config.validate()

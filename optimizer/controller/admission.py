@@ -42,6 +42,7 @@ from optimizer.controller.commit import (
     Committer,
     Outcome,
 )
+from optimizer.controller.frameworks import frameworks_of
 from optimizer.controller.kube import KubeApi, KubeError, NotFoundError, TooManyRequestsError
 from optimizer.controller.observe import Observed, OpenIntent, observe, pod_info
 from optimizer.controller.pods import is_gated, pinned_node
@@ -198,9 +199,11 @@ class GangAdmitter:
             for key, status in self._statuses.items()
             if status.phase == TIMED_OUT and status.retry_at is not None and now < status.retry_at
         }
+        pods = self._view.pods()
+        frameworks = frameworks_of(p for p in pods if _namespace(p) in enabled)
         observed = observe(
             nodes=self._view.nodes(),
-            pods=self._view.pods(),
+            pods=pods,
             pod_groups=self._api.list_pod_groups(),
             enabled=enabled,
             reports=self._reports(),
@@ -213,6 +216,7 @@ class GangAdmitter:
             queues=self._api.list_queues(),
             now=now,
             volcano_groups=self._api.list_volcano_pod_groups(),
+            owners=self._api.list_job_owners(frameworks) if frameworks else (),
         )
         for problem in observed.snapshot.base.unaccounted:
             log.warning("running pod not accounted", problem=problem)
@@ -324,3 +328,8 @@ def _refused(
 def _filters(config: CycleConfig) -> list[Filter]:
     """The configured filters (static_mask keeps Kubernetes' own for a pod it places)."""
     return [FILTERS.get_or_raise(name) for name in config.filters]
+
+
+def _namespace(pod: Any) -> str | None:
+    meta = pod.get("metadata") if isinstance(pod, Mapping) else None
+    return str(meta.get("namespace") or "default") if isinstance(meta, Mapping) else None

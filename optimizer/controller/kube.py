@@ -9,13 +9,14 @@ code behind it never sees client model classes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Final
 
 import kubernetes
 from kubernetes.client import ApiException
 
+from optimizer.controller.frameworks import Framework
 from optimizer.rbac import needs
 
 MERGE_PATCH: Final = "application/merge-patch+json"
@@ -279,6 +280,19 @@ class KubeApi:
     def list_volcano_pod_groups(self) -> list[dict[str, Any]]:
         """Volcano PodGroups of every namespace (none if Volcano is not installed)."""
         return self._list_custom("scheduling.volcano.sh", "v1beta1", "podgroups")
+
+    @needs("kubeflow.org", "pytorchjobs", "list")
+    @needs("kubeflow.org", "mpijobs", "list")
+    @needs("jobset.x-k8s.io", "jobsets", "list")
+    @needs("leaderworkerset.x-k8s.io", "leaderworkersets", "list")
+    def list_job_owners(self, frameworks: Iterable[Framework]) -> list[dict[str, Any]]:
+        """Every object of these job frameworks (PyTorchJobs, JobSets, ...; none of one whose
+        CRD is not installed), each with its ``kind``."""
+        found: list[dict[str, Any]] = []
+        for framework in sorted(frameworks, key=lambda f: f.kind):
+            for obj in self._list_custom(framework.group, framework.version, framework.plural):
+                found.append({**obj, "kind": framework.kind})
+        return found
 
     @needs("stowage.io", "queues", "list")
     def list_queues(self) -> list[dict[str, Any]]:

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from optimizer.controller.errors import SpecError
+from optimizer.controller.frameworks import index_owners
 from optimizer.controller.pods import (
     GangSpec,
-    SpecError,
     declared_gang,
     declared_queue,
     gang_spec,
@@ -271,6 +272,7 @@ def observe(
     queues: Iterable[Any] = (),
     now: datetime | None = None,
     volcano_groups: Iterable[Any] = (),
+    owners: Iterable[Any] = (),
 ) -> Observed:
     """Read the cluster into the cycle's snapshot.
 
@@ -285,6 +287,8 @@ def observe(
         queues: ``Queue`` objects (stowage.io/v1alpha1); unreadable ones are invalid.
         now: the cycle's clock (default: the wall clock), for running jobs' expected ends.
         volcano_groups: Volcano PodGroups (scheduling.volcano.sh/v1beta1).
+        owners: job framework objects (PyTorchJob, MPIJob, JobSet, LeaderWorkerSet) whose
+            pods form gangs (:mod:`optimizer.controller.frameworks`).
     """
     now_s = (now or datetime.now(UTC)).timestamp()
     reports = reports or {}
@@ -306,6 +310,7 @@ def observe(
         facts.append(fact)
     groups = _by_key(pod_groups, invalid)
     volcano = _by_key(volcano_groups, invalid)
+    owner_index = index_owners(owners)
     level_names = [level.name for level in levels]
     committed: dict[str, tuple[str, tuple[int, ...]]] = {}
     owned: set[tuple[str, str]] = set()
@@ -328,7 +333,7 @@ def observe(
             managed = info.namespace in enabled and (declared_gang(pod) or is_gated(pod))
             if managed and not pod["metadata"].get("deletionTimestamp"):
                 try:
-                    declared = _gang_of(pod, groups, level_names, volcano)
+                    declared = _gang_of(pod, groups, level_names, volcano, owner_index)
                 except SpecError:
                     if not finished(pod):
                         raise
@@ -515,13 +520,16 @@ def _gang_of(
     groups: Mapping[tuple[str, str], Mapping[str, Any]],
     levels: Sequence[str],
     volcano: Mapping[tuple[str, str], Mapping[str, Any]],
+    owners: Mapping[tuple[str, str, str], Mapping[str, Any]],
 ) -> GangSpec:
     """The pod's gang; a gated pod that declares none is a gang of one named after it."""
     if declared_gang(pod) is None:
         meta = pod["metadata"]
         return GangSpec(str(meta.get("namespace") or "default"), str(meta["name"]), size=1)
     try:
-        return gang_spec(pod, pod_groups=groups, levels=levels, volcano_groups=volcano)
+        return gang_spec(
+            pod, pod_groups=groups, levels=levels, volcano_groups=volcano, owners=owners
+        )
     except SpecError:
         raise
     except _READ_ERRORS as error:

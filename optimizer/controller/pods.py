@@ -22,6 +22,9 @@ Gangs are declared on pods, by label or annotation (labels win):
 ``kueue.x-k8s.io/pod-group-name``       compatibility: Kueue's plain-pod group, its size
                                         the ``kueue.x-k8s.io/pod-group-total-count``
                                         annotation
+PyTorchJob, MPIJob, JobSet,             the framework's own labels: the owner object is the
+LeaderWorkerSet pods                    gang (:mod:`optimizer.controller.frameworks`), and
+                                        its labels and annotations apply to its pods
 ======================================  ==================================================
 
 A GPU share is ``nvidia.com/gpu: 1`` plus the annotation ``stowage.io/gpu-milli`` (1-999).
@@ -36,6 +39,8 @@ from typing import Any, Final
 
 from kubernetes.utils import parse_quantity
 
+from optimizer.controller.errors import MissingObjectError, SpecError
+from optimizer.controller.frameworks import MAX_GANG_SIZE, declared_name, owned_gang
 from optimizer.planner.cluster import FULL, PodRequest
 from shared.labels import (
     GANG,
@@ -62,11 +67,7 @@ VOLCANO_GROUP: Final = "scheduling.k8s.io/group-name"
 GPU_MILLI: Final = "stowage.io/gpu-milli"
 #: How long a gang waits before its first GangTimeout event, when it does not say.
 DEFAULT_TIMEOUT_S: Final = 600
-MAX_GANG_SIZE: Final = 10_000
-
-
-class SpecError(ValueError):
-    """A pod's gang declaration or resources are malformed; the message is for a person."""
+_OWNERS: Final[Mapping[tuple[str, str, str], Mapping[str, Any]]] = {}
 
 
 @dataclass(frozen=True)
@@ -87,32 +88,47 @@ class GangSpec:
         return (self.namespace, self.name)
 
 
-def _declared(pod: Mapping[str, Any], key: str) -> str | None:
+def _declared(
+    pod: Mapping[str, Any], key: str, defaults: Sequence[Mapping[str, Any]] = ()
+) -> str | None:
+    """The pod's label ``key``, else its annotation, else the first of ``defaults`` (an
+    owner's labels and annotations) that has it."""
     meta = pod.get("metadata", {})
-    for source in (meta.get("labels") or {}, meta.get("annotations") or {}):
+    for source in (meta.get("labels") or {}, meta.get("annotations") or {}, *defaults):
         if key in source:
             return str(source[key])
     return None
 
 
 def is_gang_member(pod: Mapping[str, Any]) -> bool:
-    """Whether the pod declares a gang (or a PodGroup, or a Kueue pod group)."""
+    """Whether the pod declares a gang (or a PodGroup, a Kueue pod group, or belongs to a
+    job framework's owner)."""
     return declared_gang(pod) is not None
 
 
 def declared_gang(pod: Mapping[str, Any]) -> str | None:
-    """The gang (or PodGroup, or Kueue pod group) name the pod declares, unvalidated."""
+    """The gang (or PodGroup, Kueue pod group, framework owner) name the pod declares,
+    unvalidated."""
     return (
         _declared(pod, GANG)
         or _declared(pod, POD_GROUP_LABEL)
         or _declared(pod, KUEUE_POD_GROUP)
         or _declared(pod, VOLCANO_GROUP)
+        or declared_name(pod)
     )
 
 
-def declared_queue(pod: Mapping[str, Any]) -> str | None:
-    """The queue the pod names: ``stowage.io/queue``, else Kueue's ``queue-name`` label."""
-    return _declared(pod, QUEUE) or _declared(pod, KUEUE_QUEUE_NAME)
+def declared_queue(
+    pod: Mapping[str, Any], defaults: Sequence[Mapping[str, Any]] = ()
+) -> str | None:
+    """The queue the pod names: ``stowage.io/queue``, else Kueue's ``queue-name`` label
+    (the pod's own first, then ``defaults``: its owner's labels and annotations)."""
+    return (
+        _declared(pod, QUEUE)
+        or _declared(pod, KUEUE_QUEUE_NAME)
+        or _declared({}, QUEUE, defaults)
+        or _declared({}, KUEUE_QUEUE_NAME, defaults)
+    )
 
 
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -146,8 +162,15 @@ def is_preemptible(pod: Mapping[str, Any]) -> bool:
     return (_declared(pod, NON_PREEMPTIBLE) or "").lower() != "true"
 
 
-def _int(pod: Mapping[str, Any], key: str, *, low: int, high: int) -> int | None:
-    text = _declared(pod, key)
+def _int(
+    pod: Mapping[str, Any],
+    key: str,
+    *,
+    low: int,
+    high: int,
+    defaults: Sequence[Mapping[str, Any]] = (),
+) -> int | None:
+    text = _declared(pod, key, defaults)
     if text is None:
         return None
     try:
@@ -165,8 +188,11 @@ def gang_spec(
     pod_groups: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
     levels: Sequence[str] = (),
     volcano_groups: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+    owners: Mapping[tuple[str, str, str], Mapping[str, Any]] | None = None,
 ) -> GangSpec:
-    """The gang ``pod`` belongs to; raises :class:`SpecError` saying what is wrong."""
+    """The gang ``pod`` belongs to; raises :class:`SpecError` saying what is wrong
+    (:class:`MissingObjectError` when the PodGroup or framework owner it names is not in
+    ``pod_groups``, ``volcano_groups`` or ``owners``: kind, namespace, name -> object)."""
     meta = pod.get("metadata", {})
     namespace = meta.get("namespace") or "default"
     name = _declared(pod, GANG)
@@ -175,7 +201,7 @@ def gang_spec(
     if name is None and group is not None:
         found = (pod_groups or {}).get((namespace, group))
         if found is None:
-            raise SpecError(f"PodGroup {group!r} does not exist in namespace {namespace}")
+            raise MissingObjectError(f"PodGroup {group!r} does not exist in namespace {namespace}")
         name = group
         size = size or int(found.get("spec", {}).get("minMember") or 1)
     kueue_group = _declared(pod, KUEUE_POD_GROUP)
@@ -189,26 +215,36 @@ def gang_spec(
     if name is None and volcano is not None:
         found = (volcano_groups or {}).get((namespace, volcano))
         if found is None:
-            raise SpecError(f"Volcano PodGroup {volcano!r} does not exist in namespace {namespace}")
+            raise MissingObjectError(
+                f"Volcano PodGroup {volcano!r} does not exist in namespace {namespace}"
+            )
         name = volcano
         spec = found.get("spec") or {}
         size = size or int(spec.get("minMember") or 1)
         queue = queue or (str(spec["queue"]) if spec.get("queue") else None)
+    owner_max: int | None = None
+    defaults: Sequence[Mapping[str, Any]] = ()
+    if name is None:
+        owned = owned_gang(pod, owners or _OWNERS)
+        if owned is not None:
+            name, defaults, owner_max = owned.name, owned.metadata, owned.max_size
+            size = size or owned.size
+            queue = queue or declared_queue(pod, defaults) or owned.queue
     if name is None:
         raise SpecError(f"the pod declares no {GANG}")
     if size is None:
         raise SpecError(f"{GANG}={name} needs {GANG_SIZE} (the number of members)")
-    max_size = _int(pod, GANG_MAX, low=1, high=MAX_GANG_SIZE)
+    max_size = _int(pod, GANG_MAX, low=1, high=MAX_GANG_SIZE, defaults=defaults) or owner_max
     if max_size is not None and max_size < size:
         raise SpecError(f"{GANG_MAX}={max_size} is below {GANG_SIZE}={size}")
-    required = _declared(pod, TOPOLOGY_REQUIRED)
-    preferred = _declared(pod, TOPOLOGY_PREFERRED)
+    required = _declared(pod, TOPOLOGY_REQUIRED, defaults)
+    preferred = _declared(pod, TOPOLOGY_PREFERRED, defaults)
     if required and preferred:
         raise SpecError(f"set {TOPOLOGY_REQUIRED} or {TOPOLOGY_PREFERRED}, not both")
     level = required or preferred
     if level and levels and level not in levels:
         raise SpecError(f"unknown topology level {level!r}; known: {', '.join(levels)}")
-    timeout = _int(pod, GANG_TIMEOUT, low=1, high=7 * 24 * 3600)
+    timeout = _int(pod, GANG_TIMEOUT, low=1, high=7 * 24 * 3600, defaults=defaults)
     return GangSpec(
         namespace=namespace,
         name=name,
