@@ -21,7 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from optimizer.planner.actions import ACTIONS
+from optimizer.planner.cycle import DEFAULT_ACTIONS, CycleConfig
 from optimizer.planner.ordering import ORDERINGS
 from optimizer.planner.policies import policy_or_raise
 from optimizer.planner.snapshot import TopologyLevel
@@ -180,8 +180,8 @@ class OptimizerSettings(BaseSettings):
         "kube-default, …; `stowage simulate fill --help` lists them).",
     )
     planner_actions: list[str] = Field(
-        default=["allocate", "preempt"],
-        description="The cycle's actions, in order (allocate, backfill, preempt).",
+        default=list(DEFAULT_ACTIONS),
+        description="The cycle's actions, in order (allocate, backfill, reclaim, preempt).",
     )
     planner_ordering: str = Field(
         default="priority",
@@ -260,8 +260,7 @@ class OptimizerSettings(BaseSettings):
     @field_validator("planner_actions")
     @classmethod
     def _known_actions(cls, value: list[str]) -> list[str]:
-        for name in value:
-            ACTIONS.get_or_raise(name)
+        CycleConfig(actions=tuple(value)).validate()
         return value
 
     @field_validator("topology_levels")

@@ -44,6 +44,9 @@ GANG_TIMEOUT: Final = PREFIX + "gang-timeout"
 #: backfill reserves room for a waiting gang by the running jobs' expected ends.
 RUNTIME_ESTIMATE: Final = PREFIX + "runtime-estimate"
 QUEUE: Final = PREFIX + "queue"
+#: When the job last saved a checkpoint (RFC 3339), written by the job on any of its pods:
+#: preemption counts only the work since then as lost.
+LAST_CHECKPOINT: Final = PREFIX + "last-checkpoint"
 #: On a JobSet: ``jobset`` (one gang, the default) or ``replicated-job`` (one per replicated job).
 GANG_SCOPE: Final = PREFIX + "gang-scope"
 TOPOLOGY_REQUIRED: Final = PREFIX + "topology-required"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from optimizer.planner.cycle import DEFAULT_ACTIONS
 from optimizer.planner.policies import DEFAULT_POLICY
 from shared.logs import configure_logging
 from shared.schema import ReportError, parse_report, report_json_schema
@@ -244,8 +245,9 @@ def plan(
         typer.Option(help="Treat this namespace as opted in (repeatable)."),
     ] = None,
     actions: Annotated[
-        str, typer.Option(help="The cycle's actions, in order (allocate,backfill,preempt).")
-    ] = "allocate,preempt",
+        str,
+        typer.Option(help="The cycle's actions, in order (allocate,backfill,reclaim,preempt)."),
+    ] = ",".join(DEFAULT_ACTIONS),
     ordering: Annotated[
         str, typer.Option(help="Ordering of queues that name none (fifo, priority, …).")
     ] = "priority",

@@ -33,6 +33,7 @@ from optimizer.controller.pods import (
     gang_spec,
     is_gated,
     is_preemptible,
+    last_checkpoint,
     node_allocatable,
     pinned_node,
     pod_request,
@@ -329,6 +330,7 @@ def observe(
                 raise SpecError(f"not a pod object: {type(pod).__name__}")
             info = pod_info(pod)
             runtime_estimate(pod)  # a malformed estimate makes the pod invalid here
+            last_checkpoint(pod)  # and so does a malformed checkpoint time
             gang_key: tuple[str, str] | None = None
             managed = info.namespace in enabled and (declared_gang(pod) or is_gated(pod))
             if managed and not pod["metadata"].get("deletionTimestamp"):
@@ -374,8 +376,12 @@ def observe(
             whole = view is not None and not view.gated
             named = view.spec.queue if view is not None else declared_queue(pod)
             queue = read.queues.resolve(named, info.namespace)
+            # a pod of no gang is a victim only where its namespace opted in to Stowage
+            plain = info.namespace in enabled and gang_key is None and not declared_gang(pod)
             bound.append(
-                BoundPod(info, str(node), gpus, gang_key if whole else None, terminating, queue)
+                BoundPod(
+                    info, str(node), gpus, gang_key if whole else None, terminating, queue, plain
+                )
             )
         elif gang_key is None and not spec.get("schedulingGates") and not terminating:
             jobs.append(
@@ -489,8 +495,10 @@ def _estimate(pods: Iterable[Mapping[str, Any]]) -> float | None:
 
 
 def _running(view: GangView, infos: Mapping[str, PodInfo], now_s: float) -> Job | None:
-    """A released gang as the planner's running job: when it started and how long it is
-    expected to go on (from its runtime estimate), for backfill and preemption."""
+    """A released gang as the planner's running job: when it started, how long it is
+    expected to go on (from its runtime estimate), its last checkpoint (the latest any
+    member reports) and, when elastic, the minimum it may shrink to; for backfill and
+    preemption."""
     live = [p for p in view.live if (p.get("spec") or {}).get("nodeName")]
     if not live:
         return None
@@ -501,11 +509,14 @@ def _running(view: GangView, infos: Mapping[str, PodInfo], now_s: float) -> Job 
         infos[p["metadata"].get("uid") or ""] for p in live if p["metadata"].get("uid") in infos
     ]
     created = min((m.created for m in members), default="")
+    checkpoints = [c for c in (last_checkpoint(p) for p in live) if c is not None]
     return Job(
         view.spec.namespace,
         view.spec.name,
         size=len(live),
         pending=(),
+        min_size=view.spec.size if view.spec.max_size is not None else None,
+        checkpoint_s=min(max(checkpoints), now_s) if checkpoints else None,
         queue=view.spec.queue,
         priority=max((m.priority for m in members), default=0),
         created=created,

@@ -15,6 +15,8 @@ Gangs are declared on pods, by label or annotation (labels win):
 ``stowage.io/gang-timeout``             seconds to wait before a ``GangTimeout`` event
 ``stowage.io/runtime-estimate``         how long it runs (``3600``, ``90m``, ``2h``): backfill
                                         reserves room by running jobs' expected ends
+``stowage.io/last-checkpoint``          when the job last saved its state (RFC 3339, any
+                                        member): preemption loses only the work since
 ``scheduling.x-k8s.io/pod-group``       compatibility: the gang is the PodGroup, its
                                         ``spec.minMember`` the size
 ``scheduling.k8s.io/group-name``        compatibility: a Volcano PodGroup, its
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 
@@ -47,6 +50,7 @@ from shared.labels import (
     GANG_MAX,
     GANG_SIZE,
     GANG_TIMEOUT,
+    LAST_CHECKPOINT,
     NON_PREEMPTIBLE,
     POD_GROUP_LABEL,
     QUEUE,
@@ -149,6 +153,22 @@ def runtime_estimate(pod: Mapping[str, Any]) -> float | None:
     if not 0 < value <= 366 * 86400:
         raise SpecError(f"{RUNTIME_ESTIMATE}={text!r} is outside 1s..366d")
     return value
+
+
+def last_checkpoint(pod: Mapping[str, Any]) -> float | None:
+    """``stowage.io/last-checkpoint`` (RFC 3339) as epoch seconds; None when absent."""
+    text = _declared(pod, LAST_CHECKPOINT)
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SpecError(
+            f"{LAST_CHECKPOINT}={text!r} is not a time like 2026-12-01T10:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        raise SpecError(f"{LAST_CHECKPOINT}={text!r} has no time zone (end it with Z)")
+    return moment.timestamp()
 
 
 def is_gated(pod: Mapping[str, Any]) -> bool:

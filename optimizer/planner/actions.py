@@ -3,11 +3,8 @@
 ``allocate`` serves the queues in fair-share order, each in its ordering, and places every
 job whole or not at all, within its queue's quota, on the nodes the filters allow; what it
 cannot place is left in ``session.unplaced`` with the reason. ``backfill`` runs jobs behind
-a queue's stopped head where the head's reservation holds (EASY). ``preempt`` then looks,
-for each unplaced managed job, for whole gangs whose eviction would make room, trying them
-on a statement it discards: evicted pods free their room only once they are gone, so the
-job is placed by a later cycle. ``reclaim`` and ``defragment`` are to come, registered by
-name.
+a queue's stopped head where the head's reservation holds (EASY). The actions that evict,
+``reclaim`` and ``preempt``, are in :mod:`optimizer.planner.eviction`.
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ from optimizer.planner.plan import (
     FILTERED,
     NO_QUEUE,
     NO_ROOM,
-    PREEMPTING,
     QUOTA,
     RESERVED,
     UNSUPPORTED,
@@ -184,7 +180,7 @@ def _place(
     return Admit(job, pods, domain)
 
 
-def _quota_check(session: Session, queue: str | None) -> Check | None:
+def quota_check(session: Session, queue: str | None) -> Check | None:
     if queue is None:
         return None
     state = session.state
@@ -314,7 +310,7 @@ def _try(
         if refused is not None:
             failed[shape] = Wait(job, refused, QUOTA)  # usage only grows in a cycle
             return failed[shape]
-    quota = _quota_check(session, queue)
+    quota = quota_check(session, queue)
     combined = quota
     if check is not None:
 
@@ -468,189 +464,5 @@ def _span(seconds: float) -> str:
     return f"{seconds / 3_600:.1f} h"
 
 
-@dataclass(frozen=True)
-class _Victim:
-    gang: tuple[str, str]
-    rows: list[int]
-    queue: str | None
-    priority: int
-    key: SortKey | None  # its rank under its queue's ordering, when that is preemptive
-    lost_gpu_s: float
-    created: str
-
-
-@dataclass
-class _Victims:
-    """One cycle's possible victims, in the order they are taken (lowest priority, then
-    furthest behind, then least work lost, then newest), built once per cycle."""
-
-    victims: list[_Victim]
-    going: list[int]  # terminating pods that still hold room
-    lowest: dict[str | None, int]  # per queue: the lowest victim priority
-    worst: dict[str | None, SortKey]  # per queue: the furthest-behind victim's rank
-
-    @classmethod
-    def of(cls, session: Session) -> _Victims:
-        bound = session.snapshot.bound
-        held = session.snapshot.base.held
-        now = session.snapshot.now_s
-        victims = []
-        for gang, rows in session.gang_rows.items():
-            if all(bound[i].terminating for i in rows):
-                continue
-            if not all(bound[i].info.preemptible for i in rows):
-                continue
-            queue = bound[rows[0]].queue
-            running = session.running.get(gang)
-            key: SortKey | None = None
-            if running is not None and session.ordering_of(queue).preemptive:
-                key = session.running_key(running, queue)
-            lost = 0.0
-            if running is not None and running.started_s is not None:
-                spec = session.snapshot.queues.specs.get(queue or "")
-                ran = now - running.started_s
-                if spec is not None and ran < spec.min_runtime_s:
-                    continue
-                gpus = sum(bound[i].info.request.gpu_request_milli for i in rows) / 1000
-                lost = ran * max(gpus, 1.0)
-            priority = max(bound[i].info.priority for i in rows)
-            newest = max(bound[i].info.created for i in rows)
-            victims.append(_Victim(gang, rows, queue, priority, key, lost, newest))
-        victims.sort(key=lambda v: v.created, reverse=True)
-        victims.sort(key=lambda v: v.lost_gpu_s)
-        victims.sort(key=lambda v: v.key or (), reverse=True)
-        victims.sort(key=lambda v: v.priority)
-        lowest: dict[str | None, int] = {}
-        worst: dict[str | None, SortKey] = {}
-        for v in victims:
-            lowest[v.queue] = min(lowest.get(v.queue, v.priority), v.priority)
-            if v.key is not None and (v.queue not in worst or v.key > worst[v.queue]):
-                worst[v.queue] = v.key
-        going = [
-            i
-            for i, b in enumerate(bound)
-            if b.terminating and held[i] is not None and i not in session.evicted
-        ]
-        return cls(victims, going, lowest, worst)
-
-    def eligible(self, session: Session, job: Job) -> list[_Victim]:
-        """Whom ``job`` may preempt: lower priority, or ranked behind it by a preemptive
-        ordering; of its own queue when it has one; not already going."""
-        queue = session.queue_of(job)
-        preemptive = session.ordering_of(queue).preemptive
-        job_key = session.order_key(job, queue) if preemptive else ()
-        if queue is not None:
-            lower = self.lowest.get(queue, job.priority) < job.priority
-            behind = queue in self.worst and self.worst[queue] > job_key
-            if not lower and not (preemptive and behind):
-                return []
-        out = []
-        for v in self.victims:
-            if v.gang == job.key or (queue is not None and v.queue != queue):
-                continue
-            if any(i in session.evicted for i in v.rows):
-                continue
-            if v.priority < job.priority or (
-                preemptive and v.priority == job.priority and v.key is not None and v.key > job_key
-            ):
-                out.append(v)
-        return out
-
-
-@dataclass(frozen=True)
-class Preempt:
-    """For each unplaced managed job: the fewest whole gangs whose eviction lets it fit.
-    Victims are gangs of lower priority (in the job's queue, when it has one), or, under a
-    preemptive ordering (``srtf-oracle``, ``tiresias-las``), gangs of its queue that the
-    ordering ranks behind it; none that ran less than its queue's minimum runtime, and
-    none with a member marked non-preemptible. Lowest priority first, then (preemptive
-    orderings) the furthest behind, then the least work lost (GPU-seconds since start)."""
-
-    name: str = "preempt"
-
-    def execute(self, session: Session) -> list[Decision]:
-        decisions: list[Decision] = []
-        victims: _Victims | None = None
-        for key, wait in list(session.unplaced.items()):
-            job = wait.job
-            if not job.managed or wait.code in (FILTERED, UNSUPPORTED, NO_QUEUE):
-                continue
-            if victims is None:
-                victims = _Victims.of(session)
-            outcome = self._for(session, job, wait, victims)
-            if outcome is None:
-                continue
-            new_wait, evictions = outcome
-            session.unplaced[key] = new_wait
-            decisions.extend(evictions)
-        return decisions
-
-    def _for(
-        self, session: Session, job: Job, wait: Wait, victims: _Victims
-    ) -> tuple[Wait, list[Evict]] | None:
-        head = wait.reason.rstrip(".")  # kube-scheduler's sentence ends with a full stop
-        bound = session.snapshot.bound
-        going = [i for i in victims.going if i not in session.evicted]
-        eligible = victims.eligible(session, job)
-        if not going and not eligible:
-            return None
-        statement = session.statement()
-        try:
-            for i in going:
-                statement.evict(i)
-            if going and isinstance(place_job(session, job, commit=False), Admit):
-                return (
-                    Wait(
-                        job,
-                        f"{head}; waiting for {len(going)} terminating pod(s) to go",
-                        PREEMPTING,
-                    ),
-                    [],
-                )
-            if not eligible:
-                return None
-            chosen: list[_Victim] = []
-            for victim in eligible:
-                for i in victim.rows:
-                    statement.evict(i)
-                chosen.append(victim)
-                if isinstance(place_job(session, job, commit=False), Admit):
-                    break
-            else:
-                return (
-                    Wait(
-                        job,
-                        f"{head}; preempting every gang it may ({len(eligible)}) would not "
-                        "make room",
-                        wait.code,
-                    ),
-                    [],
-                )
-        finally:
-            statement.discard()
-        names = ", ".join(f"{v.gang[0]}/{v.gang[1]}" for v in chosen)
-        by_rank = (
-            ""
-            if all(v.priority < job.priority for v in chosen)
-            else f" or ranks ahead of them by {session.ordering_of(session.queue_of(job)).name}"
-        )
-        why = (
-            f"preempted by gang {job.label} (priority {job.priority}{by_rank}), which needs "
-            f"{job.size} pods and cannot fit otherwise"
-        )
-        evictions = [
-            Evict(
-                bound[i].info.namespace, bound[i].info.name, bound[i].info.uid, why, job.key, v.gang
-            )
-            for v in chosen
-            for i in sorted(v.rows, key=lambda i: bound[i].info.name)
-        ]
-        for v in chosen:
-            session.evicted.update(v.rows)
-        what = "lower-priority gang(s)" if not by_rank else "gang(s)"
-        reason = f"{head}; preempting {len(chosen)} {what}: {names}"
-        return Wait(job, reason, PREEMPTING), evictions
-
-
-for _action in (Allocate(), Backfill(), Preempt()):
+for _action in (Allocate(), Backfill()):
     ACTIONS.register(_action.name, _action)

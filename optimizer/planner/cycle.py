@@ -5,8 +5,8 @@ Steps, numbered as the logs and docs/architecture.md number them:
 
 1. **session**: copy the snapshot's arrays; build the workload context the score plugin
    uses (the shapes of every bound and pending pod);
-2. **actions**, in the configured order (default ``allocate``, ``preempt``), each on the
-   session through statements;
+2. **actions**, in the configured order (default ``allocate``, ``reclaim``, ``preempt``),
+   each on the session through statements;
 3. **plan**: admissions of managed jobs, room reserved for unmanaged pending pods, waits
    with reasons, evictions, and the objects left out as invalid.
 
@@ -24,6 +24,7 @@ from typing import Final
 import numpy as np
 import structlog
 
+from optimizer.planner import eviction  # noqa: F401 (registers reclaim and preempt)
 from optimizer.planner.actions import ACTIONS, Decision
 from optimizer.planner.filters import DEFAULT_FILTERS, FILTERS
 from optimizer.planner.ordering import ORDERINGS
@@ -33,7 +34,7 @@ from optimizer.planner.session import Session
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_ACTIONS: Final = ("allocate", "preempt")
+DEFAULT_ACTIONS: Final = ("allocate", "reclaim", "preempt")
 DEFAULT_ORDERING: Final = "priority"
 
 

@@ -52,6 +52,10 @@ class Job:
     attained_gpu_s: float = 0.0
     #: When it started on the cycle's clock (a running job; None: pending).
     started_s: float | None = None
+    #: A running elastic gang may lose members down to this many (None: whole gangs only).
+    min_size: int | None = None
+    #: Its last checkpoint on the cycle's clock: work before it is not lost by preemption.
+    checkpoint_s: float | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -107,6 +111,9 @@ class BoundPod:
     terminating: bool = False
     #: The queue its quota is counted against (None: no queue).
     queue: str | None = None
+    #: A pod of no gang at all (no gang label, PodGroup or job framework) in a namespace
+    #: that opted in: preemption may take it alone, as kube-scheduler's would.
+    plain: bool = False
 
 
 @dataclass(frozen=True)

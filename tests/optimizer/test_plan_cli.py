@@ -269,3 +269,72 @@ def test_a_malformed_runtime_estimate_makes_only_that_pod_invalid() -> None:
     [invalid] = plan.invalid
     assert invalid.name == "bad-0"
     assert "stowage.io/runtime-estimate='soon' is not a duration" in invalid.reason
+
+
+def _queued(pod: dict[str, Any], queue: str, **timing: str) -> dict[str, Any]:
+    pod = _timed(pod, **timing)
+    pod["metadata"]["labels"]["stowage.io/queue"] = queue
+    return pod
+
+
+def test_plan_shows_a_queue_reclaiming_its_quota_with_the_reason(tmp_path: Path) -> None:
+    def queue(name: str, gpus: int | None = None) -> dict[str, Any]:
+        spec: dict[str, Any] = {}
+        if gpus is not None:
+            spec = {
+                "parent": "lab",
+                "resources": [{"name": "nvidia.com/gpu", "nominalQuota": gpus}],
+            }
+        return {
+            "apiVersion": "stowage.io/v1alpha1",
+            "kind": "Queue",
+            "metadata": {"name": name},
+            "spec": spec,
+        }
+
+    objects: list[Any] = [
+        {"kind": "Namespace", "metadata": {"name": "ml", "labels": {"stowage.io/enabled": "true"}}},
+        _node("n1", pool="gpu"),
+        _node("n2", pool="gpu"),
+        queue("lab"),
+        queue("research", 8),
+        queue("vision", 8),
+        # vision runs 16 GPUs: 8 of them research's, lent while research had nothing to run
+        _queued(
+            _pod("vision-old-0", gang="vision-old", size=1, pool="gpu", node="n1", priority=50),
+            "vision",
+            created="2026-12-01T08:00:00Z",
+            estimate="10h",
+            started="2026-12-01T08:00:00Z",
+        ),
+        _queued(
+            _pod("vision-new-0", gang="vision-new", size=1, pool="gpu", node="n2", priority=50),
+            "vision",
+            created="2026-12-01T09:30:00Z",
+            estimate="10h",
+            started="2026-12-01T09:30:00Z",
+        ),
+        # research now needs its 8 back (at a lower priority than both borrowers)
+        _queued(
+            _pod("mine-0", gang="mine", size=1, pool="gpu", priority=1),
+            "research",
+            created="2026-12-01T09:55:00Z",
+            estimate="1h",
+        ),
+    ]
+    dump = tmp_path / "dump.yaml"
+    dump.write_text(yaml.safe_dump_all(objects))
+    result = runner.invoke(
+        app,
+        ["plan", "--snapshot", str(dump), "--policy", "bestfit", "--now", "2026-12-01T10:00:00Z"],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    # the borrower that loses least: 30 minutes of work, not 2 hours
+    assert (
+        "EVICT   ml/vision-new-0 for ml/mine: reclaimed by queue research for gang ml/mine: "
+        "queue(s) vision borrowed beyond their nominal quota"
+    ) in lines
+    [mine] = [line for line in lines if line.startswith("WAIT    ml/mine:")]
+    assert "queue research needs 8 GPUs of nvidia.com/gpu; its queue tree has 0 GPUs" in mine
+    assert mine.endswith("reclaiming queue research's quota from vision: ml/vision-new")
