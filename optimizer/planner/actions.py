@@ -214,6 +214,9 @@ class _Line:
     ordering: str
     jobs: list[tuple[SortKey, Job]]
     at: int = 0
+    #: (head index, the queue's usage version) -> its share then: fair share asks every
+    #: line each round, and a line's share changes only with its head or its usage.
+    share: tuple[tuple[int, int], float] | None = None
 
     @property
     def head(self) -> tuple[SortKey, Job] | None:
@@ -255,7 +258,12 @@ def _next_line(session: Session, lines: Sequence[_Line]) -> _Line | None:
             continue
         share = 0.0
         if line.queue is not None and len(lines) > 1:
-            share = session.book.share(line.queue, demand(p.request for p in head[1].pending))
+            book = session.book
+            stamp = (line.at, book.version.get(line.queue, 0))
+            if line.share is None or line.share[0] != stamp:
+                asked = demand(p.request for p in head[1].pending)
+                line.share = (stamp, book.share(line.queue, asked))
+            share = line.share[1]
         rank = (share, line.ordering, head[0], line.queue or "")
         if best is None or rank < best:
             best, chosen = rank, line

@@ -24,7 +24,7 @@ then the newest.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
@@ -42,7 +42,7 @@ from optimizer.planner.plan import (
     Job,
     Wait,
 )
-from optimizer.planner.queues import ResourceKey, demand
+from optimizer.planner.queues import GPU, ResourceKey, demand
 from optimizer.planner.session import Session
 
 #: Waits that evicting nothing can change.
@@ -87,6 +87,8 @@ class Victims:
     going: list[int]  # terminating pods that still hold room
     lowest: dict[str | None, int]  # per queue: the lowest victim priority
     worst: dict[str | None, SortKey]  # per queue: the furthest-behind victim's rank
+    #: The victims of each queue, in order (built on first use).
+    by_queue: dict[str | None, list[Victim]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, session: Session) -> Victims:
@@ -197,26 +199,28 @@ class Victims:
                 out.append(v)
         return out
 
-    def for_reclaim(self, session: Session, job: Job, queue: str) -> list[Victim]:
-        """What ``job`` may take back: victims of other queues of its tree, the queues that
-        borrow the most first (each queue's victims in the usual order)."""
+    def for_reclaim(
+        self, session: Session, job: Job, queue: str, keys: Sequence[ResourceKey]
+    ) -> list[Victim]:
+        """What ``job`` may take back: victims of the other queues of its tree that borrow
+        some of ``keys`` now, the queues that borrow the most first (each queue's victims in
+        the usual order)."""
         queues = session.snapshot.queues
         root = queues.path[queue][-1]
         book = session.book
-        shares = {
-            name: book.share(name)
+        if not self.by_queue:
+            for v in self.victims:
+                self.by_queue.setdefault(v.queue, []).append(v)
+        lenders = [
+            name
             for name in queues.specs
-            if name != queue and queues.path[name][-1] == root
-        }
-        out = [
-            v
-            for v in self.victims
-            if v.queue in shares
-            and v.gang != job.key
-            and not any(i in session.evicted for i in v.rows)
+            if name != queue
+            and name in self.by_queue
+            and queues.path[name][-1] == root
+            and any(book.borrowed(name, k) > 0 for k in keys)
         ]
-        out.sort(key=lambda v: -shares[v.queue or ""])
-        return out
+        lenders.sort(key=lambda name: -book.share(name))
+        return [v for name in lenders for v in self.by_queue[name] if v.gang != job.key]
 
 
 def _name_of(session: Session) -> Callable[[int], str]:
@@ -247,6 +251,7 @@ def _make_room(
     going = [i for i in victims.going if i not in session.evicted]
     if not going and not eligible:
         return None
+    gpus = _job_demand(job)[(GPU, "")]
     statement = session.statement()
     taken: list[tuple[str, dict[ResourceKey, int]]] = []  # quota given back on trial
     try:
@@ -256,7 +261,10 @@ def _make_room(
             why = f"{head}; waiting for {len(going)} terminating pod(s) to go"
             return Wait(job, why, PREEMPTING), []
         chosen: list[Victim] = []
+        evicted = session.evicted
         for victim in eligible:
+            if any(i in evicted for i in victim.rows):
+                continue  # another job's victim already
             if keep is not None and not keep(victim):
                 continue
             for i in victim.rows:
@@ -266,6 +274,8 @@ def _make_room(
                 session.book.add(victim.queue, amounts, sign=-1)
                 taken.append((victim.queue, amounts))
             chosen.append(victim)
+            if int(session.state.gpu_free.sum()) < gpus:
+                continue  # not enough GPUs free anywhere yet: no need to try
             if isinstance(place_job(session, job, commit=False, check=check), Admit):
                 return wait, chosen
         if not chosen:
@@ -376,7 +386,7 @@ class Reclaim:
                 job,
                 wait,
                 victims,
-                victims.for_reclaim(session, job, queue),
+                victims.for_reclaim(session, job, queue, tuple(asked)),
                 check=quota_check(session, queue),
                 keep=borrows,
             )

@@ -193,12 +193,16 @@ class QuotaBook:
     queues: QueueSet
     usage: dict[str, dict[ResourceKey, int]] = field(default_factory=dict)
     history: Mapping[str, Mapping[ResourceKey, float]] = field(default_factory=dict)
+    #: Per queue, how often its subtree's usage changed: equal versions, equal answers.
+    version: dict[str, int] = field(default_factory=dict)
 
     def add(self, queue: str, amounts: Mapping[ResourceKey, int], *, sign: int = 1) -> None:
         """Count (or, with ``sign=-1``, stop counting) ``amounts`` against ``queue``."""
         own = self.usage.setdefault(queue, {})
         for key, amount in amounts.items():
             own[key] = own.get(key, 0) + sign * amount
+        for name in self.queues.path.get(queue, (queue,)):
+            self.version[name] = self.version.get(name, 0) + 1
 
     def used(self, name: str, key: ResourceKey) -> int:
         """Usage of ``key`` by ``name``'s whole subtree."""
