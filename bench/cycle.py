@@ -141,9 +141,7 @@ def queued_cluster(
                 "spec": {
                     "parent": "org",
                     "weight": 1 + q % 3,
-                    "resources": [
-                        {"name": "nvidia.com/gpu", "nominalQuota": gpus_total // queues}
-                    ],
+                    "resources": [{"name": "nvidia.com/gpu", "nominalQuota": gpus_total // queues}],
                 },
             }
         )

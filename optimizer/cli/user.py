@@ -130,10 +130,15 @@ def simulate_fill(
 @simulate_app.command("replay")
 def simulate_replay(
     jobs: Annotated[
-        Path, typer.Option(help="Job table: timestamp,duration,num_gpus,…,cluster (Philly).")
+        Path,
+        typer.Option(
+            help="Job table: Philly (timestamp,duration,num_gpus,…,cluster) or Tiresias "
+            "(job_id,num_gpu,submit_time,…,duration)."
+        ),
     ],
     cluster: Annotated[
-        Path | None, typer.Option(help="Cluster YAML: pools and queues (see docs).")
+        Path | None,
+        typer.Option(help="Cluster YAML (pools and queues, see docs) or a Tiresias spec CSV."),
     ] = None,
     vcs: Annotated[
         Path | None,

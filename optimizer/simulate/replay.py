@@ -79,15 +79,31 @@ class ReplayCluster:
 
 
 def _timestamp(text: str, where: str) -> float:
+    """A date or date-time (UTC), or a number of seconds (a trace whose clock starts at 0)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
     try:
         return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
     except ValueError:
         raise TraceError(f"{where}: {text!r} is not a date and time") from None
 
 
+#: Job table formats by their columns: (submit, duration, GPUs, queue or None: one queue).
+TRACE_FORMATS: Final = {
+    "Philly": ("timestamp", "duration", "num_gpus", "cluster"),
+    "Tiresias": ("submit_time", "duration", "num_gpu", None),
+}
+#: The queue of a trace without queues (Tiresias): the whole cluster.
+DEFAULT_QUEUE: Final = "default"
+
+
 def load_jobs(path: Path, *, since: str | None = None, until: str | None = None) -> list[TraceJob]:
-    """Jobs from a Philly-style table (``timestamp,duration,num_gpus,…,cluster``), those
-    submitted in ``[since, until)`` (dates or date-times) when given, by submit time."""
+    """Jobs from a Philly table (``timestamp,duration,num_gpus,…,cluster``) or a Tiresias
+    trace (``job_id,num_gpu,submit_time,…,duration``: seconds from 0, one queue), those
+    submitted in ``[since, until)`` when given (dates, date-times, or seconds), by submit
+    time."""
     low = _timestamp(since, "--from") if since else -math.inf
     high = _timestamp(until, "--to") if until else math.inf
     jobs: list[TraceJob] = []
@@ -97,21 +113,33 @@ def load_jobs(path: Path, *, since: str | None = None, until: str | None = None)
         raise TraceError(f"{path}: cannot read: {error.strerror}") from None
     with handle:
         reader = csv.DictReader(handle)
-        missing = {"timestamp", "duration", "num_gpus", "cluster"} - set(reader.fieldnames or [])
-        if missing:
-            raise TraceError(f"{path}: no column {', '.join(sorted(missing))}")
+        columns = set(reader.fieldnames or [])
+        found = [
+            fields
+            for fields in TRACE_FORMATS.values()
+            if {f for f in fields if f is not None} <= columns
+        ]
+        if not found:
+            wanted = "; ".join(
+                f"{name}: {', '.join(f for f in fields if f)}"
+                for name, fields in TRACE_FORMATS.items()
+            )
+            raise TraceError(f"{path}: not a job table I know (columns {wanted})")
+        submit_col, duration_col, gpus_col, queue_col = found[0]
         for line, row in enumerate(reader, start=2):
             where = f"{path}:{line}"
-            submit = _timestamp(row["timestamp"], where)
+            submit = _timestamp(row[submit_col], where)
             if not low <= submit < high:
                 continue
             try:
-                duration, gpus = float(row["duration"]), int(float(row["num_gpus"]))
+                duration, gpus = float(row[duration_col]), int(float(row[gpus_col]))
             except ValueError:
-                raise TraceError(f"{where}: duration and num_gpus must be numbers") from None
+                what = f"{duration_col} and {gpus_col}"
+                raise TraceError(f"{where}: {what} must be numbers") from None
             if not (duration >= 0 and math.isfinite(duration)) or gpus < 0:
                 raise TraceError(f"{where}: a negative or infinite duration or GPU count")
-            jobs.append(TraceJob(len(jobs), submit, duration, gpus, row["cluster"]))
+            queue = row[queue_col] if queue_col is not None else DEFAULT_QUEUE
+            jobs.append(TraceJob(len(jobs), submit, duration, gpus, queue))
     jobs.sort(key=lambda j: (j.submit_s, j.index))
     return [replace(j, index=i) for i, j in enumerate(jobs)]
 
@@ -169,8 +197,32 @@ def vc_cluster(nodes: Mapping[str, int], *, borrowing: bool = False) -> ReplayCl
     return ReplayCluster(dict(nodes), tuple(queues), partitioned=not borrowing)
 
 
+def load_cluster_spec(path: Path) -> ReplayCluster:
+    """A Tiresias cluster spec (``num_switch,num_node_p_switch,num_gpu_p_node,…``): one pool
+    and one queue (``default``, every GPU its nominal quota); switches are not modelled."""
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise TraceError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        [row] = rows
+        nodes = int(row["num_switch"]) * int(row["num_node_p_switch"])
+        per_node = int(row["num_gpu_p_node"])
+    except (KeyError, ValueError, TypeError):
+        raise TraceError(
+            f"{path}: needs one row of num_switch, num_node_p_switch and num_gpu_p_node"
+        ) from None
+    if nodes < 1 or per_node < 1:
+        raise TraceError(f"{path}: no nodes or no GPUs per node")
+    quota = Quota(nodes * per_node * 1000)
+    queue = QueueSpec(DEFAULT_QUEUE, quotas={(GPU, ""): quota}, namespaces=frozenset())
+    return ReplayCluster({DEFAULT_QUEUE: nodes}, (queue,), True, per_node)
+
+
 def load_cluster(path: Path) -> ReplayCluster:
-    """A cluster file (YAML)::
+    """A cluster file: a Tiresias cluster spec (``.csv``, :func:`load_cluster_spec`) or
+    YAML::
 
     gpusPerNode: 8           # optional, 8
     partitioned: true        # optional: each queue only on the pool named like it
@@ -186,6 +238,8 @@ def load_cluster(path: Path) -> ReplayCluster:
     """
     import yaml
 
+    if path.suffix == ".csv":
+        return load_cluster_spec(path)
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as error:
