@@ -183,6 +183,13 @@ class OptimizerSettings(BaseSettings):
         default=list(DEFAULT_ACTIONS),
         description="The cycle's actions, in order (allocate, backfill, reclaim, preempt).",
     )
+    fair_share_half_life_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="With a positive value, fair share across queues also counts each "
+        "queue's past borrowing, decayed with this half-life in seconds (0: current "
+        "borrowing only).",
+    )
     planner_ordering: str = Field(
         default="priority",
         description="How jobs are ordered in a queue whose Queue object names no ordering "

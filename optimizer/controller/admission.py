@@ -51,6 +51,8 @@ from optimizer.planner.cycle import CycleConfig, run_cycle
 from optimizer.planner.filters import FILTERS, Filter, static_mask
 from optimizer.planner.objects import NodeInfo
 from optimizer.planner.plan import Plan
+from optimizer.planner.queues import UsageHistory
+from optimizer.planner.session import bound_usage
 from optimizer.planner.snapshot import DEFAULT_LEVELS, TopologyLevel
 from optimizer.store.models import GangStatus
 from shared.labels import NAMESPACE_ENABLED
@@ -90,6 +92,9 @@ class GangAdmitter:
         view: where nodes and pods are read (default: listed from the API every cycle).
         bind_deadline: how long a released pod may stay unbound before a rollback.
         retention: how long finished intents and statuses are kept.
+        fair_share_half_life: with a positive value, fair share counts each queue's past
+            borrowing, decayed with this half-life (kept in memory: a new leader starts
+            from none).
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class GangAdmitter:
         view: ClusterView | None = None,
         bind_deadline: timedelta = BIND_DEADLINE,
         retention: timedelta = RETENTION,
+        fair_share_half_life: timedelta = timedelta(0),
     ) -> None:
         config = config or CycleConfig()
         if policy is not None:
@@ -129,6 +135,7 @@ class GangAdmitter:
         self.last_plan: Plan | None = None
         self._statuses: dict[tuple[str, str], GangStatus] = {}
         self._queue_written: dict[str, dict[str, Any]] = {}
+        self._history = UsageHistory(fair_share_half_life.total_seconds())
 
     def cycle(self) -> list[Outcome]:
         """Recover, observe, plan, commit; returns one outcome per managed gang seen."""
@@ -218,6 +225,9 @@ class GangAdmitter:
             volcano_groups=self._api.list_volcano_pod_groups(),
             owners=self._api.list_job_owners(frameworks) if frameworks else (),
         )
+        if self._history.half_life_s > 0 and observed.snapshot.queues:
+            history = self._history.update(bound_usage(observed.snapshot), now.timestamp())
+            observed.snapshot = dataclasses.replace(observed.snapshot, usage_history=history)
         for problem in observed.snapshot.base.unaccounted:
             log.warning("running pod not accounted", problem=problem)
         return observed

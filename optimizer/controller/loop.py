@@ -88,6 +88,7 @@ class Controller:
             view=view,
             bind_deadline=timedelta(seconds=settings.bind_deadline_s),
             retention=timedelta(seconds=settings.gang_retention_s),
+            fair_share_half_life=timedelta(seconds=settings.fair_share_half_life_s),
         )
 
     def reports(self) -> Mapping[str, NodeReport]:

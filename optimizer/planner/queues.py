@@ -186,8 +186,9 @@ class QueueSet:
 class QuotaBook:
     """One cycle's quota usage per queue (each queue's own jobs; subtrees are summed).
 
-    ``history`` is each queue's decayed past usage per resource (the builder keeps it), for
-    time-based fair share; empty: shares use current borrowing only.
+    ``history`` is each queue's decayed past borrowing per resource (:class:`UsageHistory`
+    keeps it across cycles), for time-based fair share; empty: shares use current borrowing
+    only.
     """
 
     queues: QueueSet
@@ -289,3 +290,36 @@ class QuotaBook:
             taken = borrowed + self.history.get(name, {}).get(key, 0.0)
             best = max(best, taken / total)
         return best / spec.weight
+
+
+@dataclass
+class UsageHistory:
+    """Each queue's borrowing (use beyond its nominal quota), averaged over time with an
+    exponential decay of half-life ``half_life_s``: a queue that borrowed much in the last
+    hours counts as borrowing now too, so fair share serves the others first (KAI's
+    time-based fair share; Kueue's ``usageHalfLifeTime``). Kept by the caller across
+    cycles, on the caller's clock; a queue no longer defined is forgotten."""
+
+    half_life_s: float
+    values: dict[str, dict[ResourceKey, float]] = field(default_factory=dict)
+    at_s: float | None = None
+
+    def update(self, book: QuotaBook, now_s: float) -> Mapping[str, Mapping[ResourceKey, float]]:
+        """Fold ``book``'s borrowing at ``now_s`` in; returns the history to plan with."""
+        if not self.half_life_s > 0:
+            return {}
+        elapsed = 0.0 if self.at_s is None else max(now_s - self.at_s, 0.0)
+        keep = 0.5 ** (elapsed / self.half_life_s)
+        queues = book.queues
+        out: dict[str, dict[ResourceKey, float]] = {}
+        for name in queues.specs:
+            root = queues.path[name][-1]
+            before = self.values.get(name, {})
+            now = {key: float(book.borrowed(name, key)) for key in queues.limited.get(root, ())}
+            merged = {
+                key: before.get(key, 0.0) * keep + now.get(key, 0.0) * (1 - keep)
+                for key in set(before) | set(now)
+            }
+            out[name] = {key: v for key, v in merged.items() if v > 1e-9}
+        self.values, self.at_s = out, now_s
+        return out

@@ -109,6 +109,19 @@ class Masks:
     usable: int  # nodes some member may use
 
 
+def bound_usage(snapshot: ClusterSnapshot) -> QuotaBook:
+    """The quota every bound pod with a queue uses (with the snapshot's usage history)."""
+    book = QuotaBook(snapshot.queues, history=snapshot.usage_history)
+    if snapshot.queues:
+        by_queue: dict[str, list[PodRequest]] = {}
+        for bound in snapshot.bound:
+            if bound.queue is not None and bound.queue in snapshot.queues.specs:
+                by_queue.setdefault(bound.queue, []).append(bound.info.request)
+        for queue, requests in by_queue.items():
+            book.add(queue, demand(requests))
+    return book
+
+
 class Session:
     """One cycle's state: a copy of the arrays, the workload context, what is placed.
 
@@ -136,14 +149,7 @@ class Session:
         #: what may go around it); otherwise later jobs are tried (best effort).
         self.strict = strict
         #: Quota usage: every bound pod with a queue, then what this cycle admits.
-        self.book = QuotaBook(snapshot.queues, history=snapshot.usage_history)
-        if snapshot.queues:
-            by_queue: dict[str, list[PodRequest]] = {}
-            for bound in snapshot.bound:
-                if bound.queue is not None and bound.queue in snapshot.queues.specs:
-                    by_queue.setdefault(bound.queue, []).append(bound.info.request)
-            for queue, requests in by_queue.items():
-                self.book.add(queue, demand(requests))
+        self.book = bound_usage(snapshot)
         #: Running gangs by key (preemption's and backfill's facts about them).
         self.running = {job.key: job for job in snapshot.running}
         #: Each gang's bound pods that hold capacity (indices into ``snapshot.bound``).

@@ -474,3 +474,39 @@ def test_quota_is_never_exceeded_unless_borrowing_allows_it(
     # the same input gives the same plan
     again = _cycle(nodes, state, jobs, queues=queues, ordering=ordering, actions=("allocate",))
     assert _admitted(again) == _admitted(plans[0])
+
+
+def test_usage_history_decays_borrowing_with_its_half_life() -> None:
+    from optimizer.planner.queues import UsageHistory
+
+    queues = QueueSet(
+        [_queue("root"), _queue("a", 4, parent="root"), _queue("b", 4, parent="root")]
+    )
+    book = QuotaBook(queues)
+    book.add("a", {ANY: _gpus(8)})  # a borrows 4 GPUs
+    history = UsageHistory(half_life_s=3600)
+    assert history.update(book, now_s=0) == {"root": {}, "a": {}, "b": {}}  # no time has passed
+    after = history.update(book, now_s=3600)  # one half-life borrowing 4: half of it
+    assert after["a"][ANY] == pytest.approx(_gpus(2))
+    idle = QuotaBook(queues)
+    later = history.update(idle, now_s=7200)  # a stops borrowing: the memory halves
+    assert later["a"][ANY] == pytest.approx(_gpus(1))
+    assert UsageHistory(half_life_s=0).update(book, now_s=10) == {}
+
+
+def test_fair_share_with_history_serves_the_queue_that_borrowed_less_lately() -> None:
+    nodes, state = _cluster(1)
+    queues = [_queue("root"), _queue("a", 4, parent="root"), _queue("b", 4, parent="root")]
+    jobs = [_job("from-a", 8, queue="a", submitted=0), _job("from-b", 8, queue="b", submitted=1)]
+    plain = _cycle(nodes, state, jobs, queues=queues, ordering="fifo")
+    assert _admitted(plain) == ["from-a"]  # equal shares: the earlier job
+    snapshot = ClusterSnapshot(
+        nodes=nodes,
+        base=Snapshot(state=state, held=()),
+        bound=(),
+        jobs=tuple(jobs),
+        queues=QueueSet(queues),
+        usage_history={"a": {ANY: float(_gpus(3))}},  # a borrowed lately
+    )
+    plan = run_cycle(snapshot, config=CycleConfig(policy="bestfit", ordering="fifo"), quiet=True)
+    assert _admitted(plan) == ["from-b"]
