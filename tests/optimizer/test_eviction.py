@@ -244,16 +244,20 @@ def test_evictions_take_whole_gangs_never_below_minimum_or_before_min_runtime(
 ) -> None:
     nodes, state, queues, running, pending = work
     now = 5000.0
-    plan = _cycle(
-        nodes,
-        state,
-        pending,
-        queues=queues,
-        running=running,
-        now=now,  # type: ignore[arg-type]
-        ordering=ordering,
-        actions=ACTIONS,
-    )
+
+    def plan_once() -> Plan:
+        return _cycle(
+            nodes,
+            state,
+            pending,
+            queues=queues,
+            running=running,
+            now=now,  # type: ignore[arg-type]
+            ordering=ordering,
+            actions=ACTIONS,
+        )
+
+    plan = plan_once()
     specs = {q.name: q for q in queues}  # type: ignore[attr-defined]
     views = {r[2].key: r for r in running}  # type: ignore[attr-defined]
     evicted: dict[tuple[str, str], int] = {}
@@ -266,14 +270,5 @@ def test_evictions_take_whole_gangs_never_below_minimum_or_before_min_runtime(
         if count < len(bound):  # only an elastic gang loses part of its members
             assert view.min_size is not None
             assert len(bound) - count >= view.min_size
-    again = _cycle(
-        nodes,
-        state,
-        pending,
-        queues=queues,
-        running=running,
-        now=now,  # type: ignore[arg-type]
-        ordering=ordering,
-        actions=ACTIONS,
-    )
+    again = plan_once()
     assert again.evict == plan.evict  # the same input evicts the same pods
