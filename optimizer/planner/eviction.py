@@ -262,22 +262,26 @@ def _make_room(
             return Wait(job, why, PREEMPTING), []
         chosen: list[Victim] = []
         evicted = session.evicted
+        tried: set[int] = set()  # rows this trial evicted (a surplus, then its whole gang)
         for victim in eligible:
             if any(i in evicted for i in victim.rows):
                 continue  # another job's victim already
             if keep is not None and not keep(victim):
                 continue
-            for i in victim.rows:
+            fresh = [i for i in victim.rows if i not in tried]
+            tried.update(fresh)
+            for i in fresh:
                 statement.evict(i)
             if victim.queue is not None and victim.queue in session.snapshot.queues.specs:
-                amounts = demand(bound[i].info.request for i in victim.rows)
+                amounts = demand(bound[i].info.request for i in fresh)
                 session.book.add(victim.queue, amounts, sign=-1)
                 taken.append((victim.queue, amounts))
             chosen.append(victim)
             if int(session.state.gpu_free.sum()) < gpus:
                 continue  # not enough GPUs free anywhere yet: no need to try
             if isinstance(place_job(session, job, commit=False, check=check), Admit):
-                return wait, chosen
+                whole = {v.gang for v in chosen if not v.surplus}
+                return wait, [v for v in chosen if not (v.surplus and v.gang in whole)]
         if not chosen:
             return None
         why = f"{head}; evicting every victim it may ({len(chosen)}) would not make room"

@@ -260,6 +260,7 @@ def test_evictions_take_whole_gangs_never_below_minimum_or_before_min_runtime(
     plan = plan_once()
     specs = {q.name: q for q in queues}  # type: ignore[attr-defined]
     views = {r[2].key: r for r in running}  # type: ignore[attr-defined]
+    assert len({e.uid for e in plan.evict}) == len(plan.evict)  # no pod evicted twice
     evicted: dict[tuple[str, str], int] = {}
     for evict in plan.evict:
         assert evict.victim_gang is not None
@@ -272,3 +273,27 @@ def test_evictions_take_whole_gangs_never_below_minimum_or_before_min_runtime(
             assert len(bound) - count >= view.min_size
     again = plan_once()
     assert again.evict == plan.evict  # the same input evicts the same pods
+
+
+def test_a_gang_taken_after_its_surplus_gives_back_its_quota_once() -> None:
+    """An elastic gang's surplus, then the whole gang: its quota is counted back once, so
+    reclaim sees that the tree is still over its quota and takes the next borrower too."""
+    nodes, state = _cluster(3)
+    queues = [
+        _queue("root"),
+        _queue("a", 16, parent="root"),
+        _queue("b", 0, parent="root"),
+        _queue("f", 0, parent="root"),
+    ]
+    elastic = _run(state, _job("e", 8, queue="b", pods=2), [0, 1], started=0, min_size=1)
+    other = _run(state, _job("g", 8, queue="f"), [2], started=0)
+    plan = _cycle(
+        nodes,
+        state,
+        [_job("mine", 8, queue="a", pods=2)],
+        queues=queues,
+        running=[elastic, other],
+        now=1000,
+        actions=ACTIONS,
+    )
+    assert _evicted(plan) == ["e-0", "e-1", "g-0"]
