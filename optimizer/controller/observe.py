@@ -380,7 +380,14 @@ def observe(
             plain = info.namespace in enabled and gang_key is None and not declared_gang(pod)
             bound.append(
                 BoundPod(
-                    info, str(node), gpus, gang_key if whole else None, terminating, queue, plain
+                    info,
+                    str(node),
+                    gpus,
+                    gang_key if whole else None,
+                    terminating,
+                    queue,
+                    plain,
+                    _seconds(info.created) if plain else None,
                 )
             )
         elif gang_key is None and not spec.get("schedulingGates") and not terminating:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Final
 
 from optimizer.planner.actions import ACTIONS, Check, Decision, place_job, quota_check
@@ -70,13 +69,6 @@ class Victim:
     def label(self) -> str:
         what = "the surplus of elastic gang" if self.surplus else "pod" if self.plain else "gang"
         return f"{what} {self.gang[0]}/{self.gang[1]}"
-
-
-def _epoch(timestamp: str) -> float | None:
-    try:
-        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass
@@ -140,7 +132,7 @@ class Victims:
         for i, pod in enumerate(bound):
             if not pod.plain or pod.terminating or held[i] is None or not pod.info.preemptible:
                 continue
-            started = _epoch(pod.info.created) if pod.info.created else None
+            started = pod.created_s
             ran = max(now - started, 0.0) if started is not None else 0.0
             spec = specs.get(pod.queue or "")
             if spec is not None and started is not None and ran < spec.min_runtime_s:

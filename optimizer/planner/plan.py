@@ -114,6 +114,8 @@ class BoundPod:
     #: A pod of no gang at all (no gang label, PodGroup or job framework) in a namespace
     #: that opted in: preemption may take it alone, as kube-scheduler's would.
     plain: bool = False
+    #: When it was created, in epoch seconds (None: unknown): a plain pod's lost work.
+    created_s: float | None = None
 
 
 @dataclass(frozen=True)
