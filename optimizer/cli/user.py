@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from optimizer.cli.forecast import app as forecast_app
 from optimizer.planner.cycle import DEFAULT_ACTIONS
 from optimizer.planner.policies import DEFAULT_POLICY
 from shared.logs import configure_logging
@@ -77,6 +78,7 @@ def check(
 
 simulate_app = typer.Typer(help="Trace-driven simulations of the planner.", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
+app.add_typer(forecast_app, name="forecast")
 
 
 def _seed_range(text: str) -> list[int]:

@@ -1,0 +1,213 @@
+"""Rolling-origin backtests and model selection.
+
+The last ``test`` steps of a series are held out. Every target there is forecast ``horizon``
+steps ahead from the actual values up to its origin, by models fitted once on the steps
+before the held-out window. The model is *selected* without looking at the held-out window:
+on a validation window of the same length just before it (models fitted on what precedes
+that), lowest MAE wins, except that a simpler model whose MAE is within one standard error of
+the best is preferred (Breiman's one-standard-error rule: a difference the validation cannot
+resolve is not worth the complexity). Intervals are conformal (see :mod:`conformal`),
+calibrated on each model's validation residuals and rolled forward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from optimizer.forecast.conformal import pinball, rolling_intervals
+from optimizer.forecast.models import (
+    MODELS,
+    PERSISTENCE,
+    Fitted,
+    History,
+    IntArray,
+    TooShortError,
+)
+from optimizer.forecast.series import FloatArray, Series
+
+Progress = Callable[[int], None]
+
+
+class BacktestError(ValueError):
+    """The series cannot be backtested as asked (too short for the windows)."""
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """A model's scores on the held-out window; ``nan`` where it could not be fitted."""
+
+    name: str
+    mae: float
+    mae_vs_persistence: float
+    pinball: float
+    coverage_80: float
+    validation_mae: float
+    skipped: str = ""
+
+    def as_json(self) -> dict[str, object]:
+        def number(value: float) -> float | None:
+            return None if math.isnan(value) else round(value, 6)
+
+        data: dict[str, object] = {
+            "name": self.name,
+            "mae": number(self.mae),
+            "mae_vs_persistence": number(self.mae_vs_persistence),
+            "pinball": number(self.pinball),
+            "coverage_80": number(self.coverage_80),
+            "validation_mae": number(self.validation_mae),
+        }
+        if self.skipped:
+            data["skipped"] = self.skipped
+        return data
+
+
+@dataclass(frozen=True)
+class Backtest:
+    horizon: int
+    test: int
+    selected: str
+    reason: str
+    models: list[ModelScore] = field(default_factory=list)
+
+    def score(self, name: str) -> ModelScore:
+        return next(m for m in self.models if m.name == name)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Forecasts of targets ``start..start+len-1`` by every model that could be fitted."""
+
+    start: int
+    actuals: FloatArray
+    forecasts: dict[str, FloatArray]
+    skipped: dict[str, str]
+
+
+def forecast_window(
+    series: Series,
+    *,
+    start: int,
+    length: int,
+    horizon: int,
+    names: Sequence[str],
+    seed: int,
+    progress: Progress | None,
+) -> Window:
+    """Fit on the steps before ``start``; forecast the targets of the window from origins
+    ``target - horizon`` over the whole series' actuals."""
+    train = History(series.head(start))
+    full = History(series.head(start + length))
+    targets = np.arange(start, start + length, dtype=np.int64)
+    origins: IntArray = targets - horizon
+    forecasts: dict[str, FloatArray] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            fitted: Fitted = MODELS.get_or_raise(name).fit(train, horizon=horizon, seed=seed)
+        except TooShortError as error:
+            skipped[name] = str(error)
+        else:
+            forecasts[name] = fitted.predict(full, origins)
+        if progress:
+            progress(1)
+    return Window(start, series.values[start : start + length], forecasts, skipped)
+
+
+def _mae(actuals: FloatArray, forecast: FloatArray) -> float:
+    seen = np.isfinite(actuals)
+    return float(np.mean(np.abs(actuals[seen] - forecast[seen]))) if seen.any() else math.nan
+
+
+def select(window: Window) -> tuple[str, str]:
+    """The model to use and why, by the one-standard-error rule on ``window``."""
+    seen = np.isfinite(window.actuals)
+    if not seen.any():
+        return PERSISTENCE, "no observed value in the validation window; persistence used"
+    errors = {
+        name: np.abs(window.actuals[seen] - forecast[seen])
+        for name, forecast in window.forecasts.items()
+    }
+    best = min(errors, key=lambda name: (float(np.mean(errors[name])), _rank(name)))
+    best_mae = float(np.mean(errors[best]))
+    for name in sorted(errors, key=_rank):
+        difference = errors[name] - errors[best]
+        error = (
+            float(np.std(difference, ddof=1) / math.sqrt(len(difference)))
+            if len(difference) > 1
+            else 0.0
+        )
+        if float(np.mean(errors[name])) <= best_mae + error:
+            if name == best:
+                return name, f"lowest validation MAE ({best_mae:.4g})"
+            return name, (
+                f"within one standard error of {best} on validation "
+                f"({np.mean(errors[name]):.4g} vs {best_mae:.4g}) and simpler"
+            )
+    return best, f"lowest validation MAE ({best_mae:.4g})"
+
+
+def _rank(name: str) -> int:
+    return MODELS.get_or_raise(name).rank
+
+
+def backtest(
+    series: Series,
+    *,
+    horizon: int,
+    test: int,
+    names: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Backtest:
+    """Scores every model (``names``, default all registered) ``horizon`` steps ahead on the
+    last ``test`` steps, and the model selection would have chosen without seeing them.
+    ``progress`` is called once per model fitted (twice as many calls as models)."""
+    names = list(names or MODELS.names())
+    if PERSISTENCE not in names:
+        names.insert(0, PERSISTENCE)
+    if horizon < 1 or test < 1:
+        raise BacktestError("horizon and test window must be at least one step")
+    validation_start = len(series) - 2 * test
+    if validation_start < horizon + 1:
+        raise BacktestError(
+            f"a series of {len(series)} steps is too short for a {test}-step test window, "
+            f"a validation window as long and a {horizon}-step horizon "
+            f"(needs at least {2 * test + horizon + 1})"
+        )
+    common = {"horizon": horizon, "names": names, "seed": seed, "progress": progress}
+    validation = forecast_window(series, start=validation_start, length=test, **common)  # type: ignore[arg-type]
+    held_out = forecast_window(series, start=len(series) - test, length=test, **common)  # type: ignore[arg-type]
+    selected, reason = select(validation)
+    if selected not in held_out.forecasts:
+        reason = f"{selected} cannot be fitted on the full history; persistence used"
+        selected = PERSISTENCE
+    persistence_mae = _mae(held_out.actuals, held_out.forecasts[PERSISTENCE])
+    scores = []
+    for name in names:
+        if name not in held_out.forecasts or name not in validation.forecasts:
+            why = held_out.skipped.get(name) or validation.skipped.get(name, "")
+            scores.append(ModelScore(name, *(math.nan,) * 5, skipped=why))
+            continue
+        point = held_out.forecasts[name]
+        calibration = validation.actuals - validation.forecasts[name]
+        low, high = rolling_intervals(
+            forecasts=point, actuals=held_out.actuals, calibration=calibration, horizon=horizon
+        )
+        seen = np.isfinite(held_out.actuals)
+        covered = (held_out.actuals[seen] >= low[seen]) & (held_out.actuals[seen] <= high[seen])
+        mae = _mae(held_out.actuals, point)
+        scores.append(
+            ModelScore(
+                name=name,
+                mae=mae,
+                mae_vs_persistence=mae / persistence_mae if persistence_mae else math.nan,
+                pinball=pinball(held_out.actuals, {0.1: low, 0.5: point, 0.9: high}),
+                coverage_80=float(np.mean(covered)) if seen.any() else math.nan,
+                validation_mae=_mae(validation.actuals, validation.forecasts[name]),
+            )
+        )
+    return Backtest(horizon=horizon, test=test, selected=selected, reason=reason, models=scores)

@@ -1,0 +1,326 @@
+"""The forecasting models, registered by name, each a direct forecaster for one horizon.
+
+A model is fitted on a history for one horizon ``h`` (in steps) and then predicts
+``y[o + h]`` for any origins ``o`` from the values up to ``o`` (gaps forward-filled as inputs,
+never as targets). Baselines need no fit; the learned models predict the *change* from the
+last value, because trees cannot extrapolate a level and a linear model on levels drifts.
+Every model has a ``rank`` (simpler first) that model selection uses to prefer the simpler of
+two models it cannot tell apart.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import HuberRegressor, RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from optimizer.forecast.series import DAY_S, WEEK_S, FloatArray, Series
+from optimizer.planner.framework import Registry
+
+IntArray = npt.NDArray[np.int64]
+
+#: The fewest training rows a learned model is fitted on.
+MIN_TRAINING_ROWS: Final = 48
+
+
+class TooShortError(ValueError):
+    """The history is too short for this model at this horizon (the message says why)."""
+
+
+class History:
+    """What a model sees: the raw values (NaN = gap), the same forward-filled (inputs only,
+    the first observation backwards), and the series' calendar, for origins ``0..len - 1``."""
+
+    def __init__(self, series: Series) -> None:
+        self.series = series
+        values = series.values
+        seen = ~np.isnan(values)
+        if seen.any():
+            index = np.where(seen, np.arange(len(values)), int(np.argmax(seen)))
+            np.maximum.accumulate(index, out=index)
+            self.filled: FloatArray = values[index]
+        else:
+            self.filled = np.zeros_like(values)
+        self.cumsum: FloatArray = np.concatenate([[0.0], np.cumsum(self.filled)])
+
+    @property
+    def raw(self) -> FloatArray:
+        return self.series.values
+
+    @property
+    def day(self) -> int:
+        return self.series.steps(DAY_S)
+
+    @property
+    def week(self) -> int:
+        return self.series.steps(WEEK_S)
+
+    def mean(self, origins: IntArray, window: int) -> FloatArray:
+        """The mean of the ``window`` values up to each origin (fewer at the start)."""
+        low = np.maximum(origins + 1 - window, 0)
+        return (self.cumsum[origins + 1] - self.cumsum[low]) / (origins + 1 - low)
+
+    def seasonal(self, origins: IntArray, horizon: int, season: int) -> FloatArray:
+        """The value one or more whole seasons before each target that an origin has seen
+        (the origin's own value where the history holds no such season)."""
+        back = origins + horizon - season * -(-horizon // season)
+        return self.filled[np.where(back >= 0, back, origins)]
+
+    def phase(self, index: IntArray, period_s: int) -> FloatArray:
+        """Where each step falls in a calendar period, in [0, 1)."""
+        start = self.series.start_s + index * self.series.step_s
+        return (start % period_s) / period_s
+
+
+class Fitted(Protocol):
+    def predict(self, history: History, origins: IntArray) -> FloatArray:
+        """Predictions of ``y[o + h]`` from the values up to each origin ``o``."""
+        ...
+
+
+class Model(Protocol):
+    """An extension point: fits one horizon of one series."""
+
+    @property
+    def rank(self) -> int:
+        """Simplicity: model selection prefers a lower rank among indistinguishable models."""
+        ...
+
+    def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
+        """Fitted on targets inside ``history``; raises :class:`TooShortError`."""
+        ...
+
+
+MODELS: Final[Registry[Model]] = Registry("forecast model")
+
+
+@dataclass(frozen=True)
+class _Persistence:
+    rank: int = 0
+
+    def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
+        return self
+
+    def predict(self, history: History, origins: IntArray) -> FloatArray:
+        return history.filled[origins]
+
+
+@dataclass(frozen=True)
+class _SeasonalNaive:
+    period_s: int
+    rank: int = 1
+
+    def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
+        season = history.series.steps(self.period_s)
+        if season < 2 or len(history.raw) <= season:
+            raise TooShortError(f"needs more than one season ({season} steps) of history")
+        return _SeasonalFit(season=season, horizon=horizon)
+
+
+@dataclass(frozen=True)
+class _SeasonalFit:
+    season: int
+    horizon: int
+
+    def predict(self, history: History, origins: IntArray) -> FloatArray:
+        return history.seasonal(origins, self.horizon, self.season)
+
+
+@dataclass(frozen=True)
+class _RollingMean:
+    window_s: int
+    rank: int = 2
+
+    def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
+        window = history.series.steps(self.window_s)
+        if len(history.raw) < window:
+            raise TooShortError(f"needs one window ({window} steps) of history")
+        return _RollingFit(window)
+
+
+@dataclass(frozen=True)
+class _RollingFit:
+    window: int
+
+    def predict(self, history: History, origins: IntArray) -> FloatArray:
+        return history.mean(origins, self.window)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Which inputs a learned model uses: lags (steps) and calendar periods (seconds)."""
+
+    lags: tuple[int, ...]
+    periods_s: tuple[int, ...]
+
+
+def choose_inputs(history: History, *, horizon: int) -> Inputs:
+    """The inputs a history of this length supports at this horizon: a lag only when at
+    least :data:`MIN_TRAINING_ROWS` targets lie beyond it, and a calendar period (its lag,
+    rolling mean, seasonal naive forecast and Fourier terms) only when the training targets
+    span two whole periods, so that no phase is seen once or never (a model fitted on less
+    extrapolates the period from one occurrence)."""
+    n = len(history.raw)
+    usable = n - horizon - MIN_TRAINING_ROWS
+    periods: list[int] = []
+    for period_s in (DAY_S, WEEK_S):
+        season = history.series.steps(period_s)
+        # Training origins start one season in; their targets must span two more.
+        if season >= 2 and n - horizon - season >= 2 * season:
+            periods.append(period_s)
+    day = history.day
+    candidates = {1, 2, 3, max(1, day // 4), max(1, day // 2)}
+    if DAY_S in periods:
+        candidates |= {day, 2 * day}
+    if WEEK_S in periods:
+        candidates.add(history.week)
+    return Inputs(tuple(sorted(lag for lag in candidates if lag <= usable)), tuple(periods))
+
+
+def features(history: History, origins: IntArray, horizon: int, inputs: Inputs) -> FloatArray:
+    """The learned models' inputs at each origin: changes against lagged values, rolling
+    means and the seasonal naive forecasts, and Fourier terms of the target's time of day and
+    week. All but the calendar are relative to the origin's value."""
+    last = history.filled[origins]
+    columns = [last - history.filled[origins - lag] for lag in inputs.lags]
+    columns.append(last - history.mean(origins, max(1, history.day // 4)))
+    target = origins + horizon
+    for period_s, harmonics in ((DAY_S, 3), (WEEK_S, 2)):
+        if period_s not in inputs.periods_s:
+            continue
+        season = history.series.steps(period_s)
+        columns.append(last - history.mean(origins, season))
+        columns.append(history.seasonal(origins, horizon, season) - last)
+        phase = history.phase(target, period_s)
+        for k in range(1, harmonics + 1):
+            columns.append(np.sin(2 * np.pi * k * phase))
+            columns.append(np.cos(2 * np.pi * k * phase))
+    return np.column_stack(columns)
+
+
+@dataclass(frozen=True)
+class _ChangeModel:
+    """Regresses ``y[o + h] - y[o]`` on :func:`features`."""
+
+    make: Callable[[int], object]
+    rank: int
+
+    def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
+        n = len(history.raw)
+        inputs = choose_inputs(history, horizon=horizon)
+        if not inputs.lags:
+            raise TooShortError(
+                f"needs {MIN_TRAINING_ROWS + horizon + 1} steps of history at horizon {horizon}"
+            )
+        origins = np.arange(max(inputs.lags), n - horizon, dtype=np.int64)
+        target = history.raw[origins + horizon] - history.raw[origins]
+        keep = np.isfinite(target)
+        if keep.sum() < MIN_TRAINING_ROWS:
+            raise TooShortError(f"fewer than {MIN_TRAINING_ROWS} observed training targets")
+        regressor = self.make(seed)
+        with warnings.catch_warnings():
+            # A Huber fit stopped at max_iter is still a fit; validation scores it.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            regressor.fit(features(history, origins[keep], horizon, inputs), target[keep])  # type: ignore[attr-defined]
+        return _ChangeFit(regressor=regressor, horizon=horizon, inputs=inputs)
+
+
+@dataclass(frozen=True)
+class _ChangeFit:
+    regressor: object
+    horizon: int
+    inputs: Inputs
+
+    def predict(self, history: History, origins: IntArray) -> FloatArray:
+        x = features(history, origins, self.horizon, self.inputs)
+        change: FloatArray = self.regressor.predict(x)  # type: ignore[attr-defined]
+        return history.filled[origins] + change
+
+
+class _Winsorised:
+    """Fits ``regressor`` on inputs and targets clipped to their 2nd-98th percentiles of the
+    training rows (and clips inputs the same way when predicting): an outage or a burst in
+    the history bends the fit no more than a steep ordinary hour does."""
+
+    TAIL: Final = 0.02
+
+    def __init__(self, regressor: object) -> None:
+        self.regressor = regressor
+        self.low: FloatArray = np.zeros(0)
+        self.high: FloatArray = np.zeros(0)
+
+    def fit(self, x: FloatArray, y: FloatArray) -> _Winsorised:
+        self.low, self.high = np.quantile(x, [self.TAIL, 1 - self.TAIL], axis=0)
+        low, high = np.quantile(y, [self.TAIL, 1 - self.TAIL])
+        self.regressor.fit(np.clip(x, self.low, self.high), np.clip(y, low, high))  # type: ignore[attr-defined]
+        return self
+
+    def predict(self, x: FloatArray) -> FloatArray:
+        result: FloatArray = self.regressor.predict(np.clip(x, self.low, self.high))  # type: ignore[attr-defined]
+        return result
+
+
+def _ridge(seed: int) -> object:
+    return _Winsorised(make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13))))
+
+
+def _huber(seed: int) -> object:
+    return _Winsorised(make_pipeline(StandardScaler(), HuberRegressor(alpha=1.0, max_iter=1000)))
+
+
+def _boosting(seed: int) -> object:
+    return _Winsorised(
+        HistGradientBoostingRegressor(
+            loss="absolute_error",
+            learning_rate=0.05,
+            max_iter=200,
+            max_leaf_nodes=15,
+            min_samples_leaf=20,
+            random_state=seed,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class _Ensemble:
+    """The mean of its members' forecasts."""
+
+    members: tuple[str, ...]
+    rank: int = 6
+
+    def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
+        fits = [
+            MODELS.get_or_raise(m).fit(history, horizon=horizon, seed=seed) for m in self.members
+        ]
+        return _EnsembleFit(tuple(fits))
+
+
+@dataclass(frozen=True)
+class _EnsembleFit:
+    fits: tuple[Fitted, ...]
+
+    def predict(self, history: History, origins: IntArray) -> FloatArray:
+        result: FloatArray = np.mean([f.predict(history, origins) for f in self.fits], axis=0)
+        return result
+
+
+PERSISTENCE: Final = "persistence"
+
+MODELS.register(PERSISTENCE, _Persistence())
+MODELS.register("seasonal-naive-daily", _SeasonalNaive(DAY_S))
+MODELS.register("seasonal-naive-weekly", _SeasonalNaive(WEEK_S))
+MODELS.register("rolling-mean-daily", _RollingMean(DAY_S))
+MODELS.register("rolling-mean-weekly", _RollingMean(WEEK_S))
+MODELS.register("fourier-ridge", _ChangeModel(_ridge, rank=3))
+MODELS.register("fourier-huber", _ChangeModel(_huber, rank=4))
+MODELS.register("boosted-change", _ChangeModel(_boosting, rank=5))
+MODELS.register("ensemble", _Ensemble(("fourier-ridge", "fourier-huber")))
