@@ -96,7 +96,40 @@ def _print_demo(result: DemoResult, console: Console) -> None:
     )
     for line in result.plan_lines:
         console.print(line, markup=False, highlight=False)
+    _print_forecasts(result, console)
     console.print("[green]demo finished[/green]")
+
+
+def _print_forecasts(result: DemoResult, console: Console) -> None:
+    console.rule("Forecasts and a capacity plan (GET /v1/forecasts, /v1/capacity/plan)")
+    console.print(
+        "The fleet is minutes old, so three weeks of hourly demand per GPU model are made up\n"
+        "(daily and weekly cycles, growth, noise; demo/forecasting.py). The leader's retraining\n"
+        f"job ran once and stored {len(result.forecasts_trained)} forecasts.\n"
+    )
+    points = result.forecast["points"]
+    p50 = [p["p50"] for p in points]
+    last = points[-1]
+    first, farthest = result.forecast["models"][0], result.forecast["models"][-1]
+    console.print(
+        f"Cluster GPU demand, next 24 h: p50 {min(p50):.0f}-{max(p50):.0f} GPUs; at +24 h "
+        f"{last['p50']:.0f} (80% interval {last['p10']:.0f}-{last['p90']:.0f}). Models chosen "
+        f"by validation: {first['model']} 1 h ahead, {farthest['model']} "
+        f"{farthest['horizon_steps']} h ahead.\n"
+    )
+    table = Table(title="GPUs needed next week so that demand waits under 1 h (p90)")
+    for column in ("GPU model", "capacity", "needed", "to add", "spare", "peak from"):
+        table.add_column(column)
+    for item in result.capacity_plan["items"]:
+        table.add_row(
+            item["model"] or item["scope"],
+            f"{item['capacity_gpus']:.0f}",
+            f"{item['needed_gpus']:.1f}",
+            str(item["additional_gpus"]),
+            str(item["spare_gpus"]),
+            item["peak_window_start"],
+        )
+    console.print(table)
 
 
 def main() -> None:

@@ -11,6 +11,8 @@
    cluster summary; a corrupted report is refused with the offending field path.
 4. One scheduling cycle runs on the fleet as ``stowage plan`` runs it (``demo.scheduling``):
    a cordoned node, a tainted one, the DGX A100's lost GPU and a malformed pod, explained.
+5. Forecasts (``demo.forecasting``): three weeks of made-up demand history per GPU model,
+   the real retraining job once, and the API's forecast and capacity plan.
 
 Each later capability (planner, controller, forecasts) adds its chapter here.
 """
@@ -22,6 +24,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from agent.nvml import Nvml
 from agent.pods import PodAttributor
 from agent.profile import load_profile
 from agent.reporter import Reporter
+from demo.forecasting import train_on_history
 from demo.scheduling import plan_chapter
 from optimizer.api.app import create_app
 from optimizer.auth import TokensFile
@@ -96,6 +100,9 @@ class DemoResult:
     api_nodes: int  # nodes GET /v1/nodes lists as ready
     plan: Plan  # one scheduling cycle on the fleet (demo.scheduling)
     plan_lines: tuple[str, ...]
+    forecasts_trained: tuple[str, ...]  # subjects the retraining job stored
+    forecast: dict[str, Any]  # GET /v1/forecasts?scope=cluster&horizon=24h
+    capacity_plan: dict[str, Any]  # GET /v1/capacity/plan?scope=cluster&horizon=7d
 
 
 def agent_report(node_name: str, profile_name: str, *, at_s: float = DEMO_TIME_S) -> NodeReport:
@@ -161,16 +168,16 @@ def summarize(report: NodeReport, *, wire_bytes: int) -> NodeSummary:
 
 
 @contextmanager
-def running_optimizer(tokens: dict[str, tuple[str, str]]) -> Iterator[str]:
-    """A real optimizer on a free loopback port with a fresh SQLite database; yields its URL."""
+def running_optimizer(tokens: dict[str, tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """A real optimizer on a free loopback port with a fresh SQLite database; yields its URL
+    and the database's."""
     with tempfile.TemporaryDirectory(prefix="stowage-demo-") as folder:
         tokens_file = Path(folder) / "tokens.yaml"
         tokens_file.write_text(
             yaml.safe_dump([{"token": t, "subject": s, "role": r} for t, (s, r) in tokens.items()])
         )
-        settings = OptimizerSettings(
-            database_url=f"sqlite:///{Path(folder) / 'stowage.db'}", tokens_file=tokens_file
-        )
+        database_url = f"sqlite:///{Path(folder) / 'stowage.db'}"
+        settings = OptimizerSettings(database_url=database_url, tokens_file=tokens_file)
         app = create_app(settings, authenticator=TokensFile.load(tokens_file))
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -186,7 +193,7 @@ def running_optimizer(tokens: dict[str, tuple[str, str]]) -> Iterator[str]:
                 raise RuntimeError("the demo optimizer did not start")
             time.sleep(0.02)
         try:
-            yield f"http://127.0.0.1:{port}"
+            yield f"http://127.0.0.1:{port}", database_url
         finally:
             server.should_exit = True
             thread.join(timeout=30)
@@ -200,7 +207,7 @@ def run_demo() -> DemoResult:
     tokens[reader] = ("demo-sre", "reader")
     token_of = {subject: token for token, (subject, _) in tokens.items()}
     acknowledged = 0
-    with running_optimizer(tokens) as url, tempfile.TemporaryDirectory() as folder:
+    with running_optimizer(tokens) as (url, database_url), tempfile.TemporaryDirectory() as folder:
         for report in reports:
             token_file = Path(folder) / f"{report.node_name}.token"
             token_file.write_text(token_of[report.node_name])
@@ -229,6 +236,16 @@ def run_demo() -> DemoResult:
                 detail = client.get(f"/v1/nodes/{report.node_name}", headers=headers)
                 stored = parse_report(_report_from_node(detail.json(), report))
                 summaries.append(summarize(stored, wire_bytes=len(report.model_dump_json())))
+            capacity = Counter(g.product for r in reports for g in r.gpus)
+            trained = train_on_history(database_url, capacity)
+            forecast = client.get(
+                "/v1/forecasts", params={"scope": "cluster", "horizon": "24h"}, headers=headers
+            ).json()
+            capacity_plan = client.get(
+                "/v1/capacity/plan",
+                params={"scope": "cluster", "horizon": "7d", "target_wait": "1h"},
+                headers=headers,
+            ).json()
     corrupted = reports[0].model_dump_json().replace('"gpu_b":1,', '"gpu_b":99,', 1)
     try:
         parse_report(corrupted)
@@ -246,6 +263,9 @@ def run_demo() -> DemoResult:
         forged_status=forged.status_code,
         cluster=cluster,
         api_nodes=sum(1 for n in listed if n["status"] == "ready"),
+        forecasts_trained=tuple(trained),
+        forecast=forecast,
+        capacity_plan=capacity_plan,
     )
 
 

@@ -217,6 +217,26 @@ class OptimizerSettings(BaseSettings):
         description="Keep closed admission intents and the status of gangs gone from the "
         "cluster this long.",
     )
+    demand_sample_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        description="The leader records each scope's GPU capacity and demand (allocated + "
+        "pending) at most this often, for forecasts (0: never).",
+    )
+    demand_retention_s: Annotated[float, Field(gt=0)] = Field(
+        default=90 * 86400.0,
+        description="Keep demand samples this long.",
+    )
+    forecast_interval_s: float = Field(
+        default=3600.0,
+        ge=0.0,
+        description="The leader retrains every scope's forecasts this often, in a thread "
+        "beside the cycle (0: never).",
+    )
+    forecast_history_s: Annotated[float, Field(gt=0)] = Field(
+        default=35 * 86400.0,
+        description="How much history each retraining reads (the newest).",
+    )
     request_shapes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
         default=[8, 4, 2],
         description="GPUs per pod of the request shapes used to count fragmented GPUs.",

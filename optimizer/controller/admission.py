@@ -50,7 +50,7 @@ from optimizer.controller.queues import queue_status
 from optimizer.planner.cycle import CycleConfig, run_cycle
 from optimizer.planner.filters import FILTERS, Filter, static_mask
 from optimizer.planner.objects import NodeInfo
-from optimizer.planner.plan import Plan
+from optimizer.planner.plan import ClusterSnapshot, Plan
 from optimizer.planner.queues import UsageHistory
 from optimizer.planner.session import bound_usage
 from optimizer.planner.snapshot import DEFAULT_LEVELS, TopologyLevel
@@ -133,6 +133,8 @@ class GangAdmitter:
         self._numbers = itertools.count(1)
         self.committer = Committer(api, engine, audit, dry_run=dry_run, clock=clock)
         self.last_plan: Plan | None = None
+        #: The snapshot the last cycle planned on (demand samples are taken from it).
+        self.last_snapshot: ClusterSnapshot | None = None
         self._statuses: dict[tuple[str, str], GangStatus] = {}
         self._queue_written: dict[str, dict[str, Any]] = {}
         self._history = UsageHistory(fair_share_half_life.total_seconds())
@@ -151,6 +153,7 @@ class GangAdmitter:
         observed_at = time.perf_counter()
         plan = run_cycle(observed.snapshot, config=self._config, number=number, cycle_id=cycle_id)
         self.last_plan = plan
+        self.last_snapshot = observed.snapshot
         planned_at = time.perf_counter()
         for view in observed.gangs.values():
             released = len(view.live) - len(view.gated)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from optimizer.controller.admission import GangAdmitter
 from optimizer.controller.audit import StoreAudit
 from optimizer.controller.cache import ClusterView
+from optimizer.controller.forecasting import DemandRecorder, ForecastTrainer
 from optimizer.controller.kube import KubeApi
 from optimizer.controller.leader import LeaderElector
 from optimizer.controller.node_labels import NodeLabeller
@@ -91,6 +92,17 @@ class Controller:
             fair_share_half_life=timedelta(seconds=settings.fair_share_half_life_s),
         )
 
+        self.demand = DemandRecorder(
+            engine, clock=clock, interval=timedelta(seconds=settings.demand_sample_s)
+        )
+        self.trainer = ForecastTrainer(
+            engine,
+            clock=clock,
+            interval=timedelta(seconds=settings.forecast_interval_s),
+            history=timedelta(seconds=settings.forecast_history_s),
+            demand_retention=timedelta(seconds=settings.demand_retention_s),
+        )
+
     def reports(self) -> Mapping[str, NodeReport]:
         """The latest topology of every node whose agent is not stale."""
         with Session(self._engine) as session:
@@ -109,12 +121,24 @@ class Controller:
             self.labeller.sync(self.reports())
             if self.elector.is_leader:  # the lease may lapse during a slow pass
                 self.admitter.cycle()
+                if self.admitter.last_snapshot is not None:
+                    self.demand.maybe_record(self.admitter.last_snapshot)
         except Exception:
             log.exception("controller cycle failed; the next one starts afresh")
         return True
 
     def run(self, stop: threading.Event, *, interval_s: float) -> None:
-        """Cycle until ``stop`` is set, then hand the lease over."""
+        """Cycle until ``stop`` is set, then hand the lease over; forecasts are retrained in
+        a thread of their own while this replica leads."""
+        trainer = threading.Thread(
+            target=self.trainer.run,
+            args=(stop,),
+            kwargs={"is_leader": lambda: self.elector.is_leader, "poll_s": interval_s},
+            name="forecasts",
+            daemon=True,
+        )
+        if self.trainer.interval > timedelta(0):
+            trainer.start()
         while not stop.is_set():
             self.step()
             stop.wait(interval_s)

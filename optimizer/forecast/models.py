@@ -82,8 +82,13 @@ class History:
 
 
 class Fitted(Protocol):
-    def predict(self, history: History, origins: IntArray) -> FloatArray:
-        """Predictions of ``y[o + h]`` from the values up to each origin ``o``."""
+    def predict(
+        self, history: History, origins: IntArray, *, horizon: int | None = None
+    ) -> FloatArray:
+        """Predictions of ``y[o + h]`` from the values up to each origin ``o``; with
+        ``horizon``, of ``y[o + horizon]`` by the model fitted for ``h`` (the calendar and
+        seasonal inputs computed for the actual target: how a forecast path fills the steps
+        between the horizons it fitted)."""
         ...
 
 
@@ -110,7 +115,9 @@ class _Persistence:
     def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
         return self
 
-    def predict(self, history: History, origins: IntArray) -> FloatArray:
+    def predict(
+        self, history: History, origins: IntArray, *, horizon: int | None = None
+    ) -> FloatArray:
         return history.filled[origins]
 
 
@@ -131,8 +138,10 @@ class _SeasonalFit:
     season: int
     horizon: int
 
-    def predict(self, history: History, origins: IntArray) -> FloatArray:
-        return history.seasonal(origins, self.horizon, self.season)
+    def predict(
+        self, history: History, origins: IntArray, *, horizon: int | None = None
+    ) -> FloatArray:
+        return history.seasonal(origins, horizon or self.horizon, self.season)
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,9 @@ class _RollingMean:
 class _RollingFit:
     window: int
 
-    def predict(self, history: History, origins: IntArray) -> FloatArray:
+    def predict(
+        self, history: History, origins: IntArray, *, horizon: int | None = None
+    ) -> FloatArray:
         return history.mean(origins, self.window)
 
 
@@ -240,8 +251,10 @@ class _ChangeFit:
     horizon: int
     inputs: Inputs
 
-    def predict(self, history: History, origins: IntArray) -> FloatArray:
-        x = features(history, origins, self.horizon, self.inputs)
+    def predict(
+        self, history: History, origins: IntArray, *, horizon: int | None = None
+    ) -> FloatArray:
+        x = features(history, origins, horizon or self.horizon, self.inputs)
         change: FloatArray = self.regressor.predict(x)  # type: ignore[attr-defined]
         return history.filled[origins] + change
 
@@ -280,9 +293,8 @@ def _huber(seed: int) -> object:
 def _boosting(seed: int) -> object:
     return _Winsorised(
         HistGradientBoostingRegressor(
-            loss="absolute_error",
-            learning_rate=0.05,
-            max_iter=200,
+            learning_rate=0.1,
+            max_iter=100,
             max_leaf_nodes=15,
             min_samples_leaf=20,
             random_state=seed,
@@ -308,8 +320,11 @@ class _Ensemble:
 class _EnsembleFit:
     fits: tuple[Fitted, ...]
 
-    def predict(self, history: History, origins: IntArray) -> FloatArray:
-        result: FloatArray = np.mean([f.predict(history, origins) for f in self.fits], axis=0)
+    def predict(
+        self, history: History, origins: IntArray, *, horizon: int | None = None
+    ) -> FloatArray:
+        forecasts = [f.predict(history, origins, horizon=horizon) for f in self.fits]
+        result: FloatArray = np.mean(forecasts, axis=0)
         return result
 
 

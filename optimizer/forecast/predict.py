@@ -3,7 +3,9 @@
 Per anchor horizon (1, 2, 4, … steps and the horizon itself) the model is selected as in
 :func:`backtest.select` on the last week (or what the history allows), refitted on the whole
 history, and its interval offsets are the conformal offsets of its validation residuals.
-Steps between anchors are interpolated linearly. A series too short for any of that is
+Each step up to an anchor is forecast by that anchor's model with the step's own calendar
+and seasonal inputs (so a week-ahead path keeps its daily shape), with the anchor's
+offsets (those of the farther horizon: conservative). A series too short for any of that is
 forecast by persistence, and the forecast says why.
 """
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from optimizer.forecast.backtest import forecast_window, select
 from optimizer.forecast.conformal import offsets
-from optimizer.forecast.models import MODELS, PERSISTENCE, History
+from optimizer.forecast.models import MODELS, PERSISTENCE, Fitted, History
 from optimizer.forecast.series import DAY_S, WEEK_S, Series
 
 
@@ -60,38 +62,34 @@ def forecast(series: Series, *, horizon: int, seed: int = 0) -> Forecast:
         raise ValueError("the horizon must be at least one step")
     history = History(series)
     last = len(series) - 1
+    origin = np.array([last], dtype=np.int64)
     choices: list[AnchorChoice] = []
-    rows: list[tuple[float, float, float]] = []
+    fits: list[tuple[Fitted, float, float]] = []
     for h in anchor_horizons(horizon):
-        choice, row = _anchor(series, history, horizon=h, seed=seed)
+        choice, fit = _anchor(series, history, horizon=h, seed=seed)
         choices.append(choice)
-        rows.append(row)
-    anchors = np.array([c.horizon for c in choices], dtype=np.float64)
-    table = np.array(rows)
-    steps = np.arange(1, horizon + 1, dtype=np.float64)
-    columns = [np.interp(steps, anchors, table[:, k]) for k in range(3)]
-    points = [
-        Point(
-            time_s=series.time_s(last + int(s)),
-            p10=float(min(columns[0][i], columns[1][i])),
-            p50=float(columns[1][i]),
-            p90=float(max(columns[2][i], columns[1][i])),
-        )
-        for i, s in enumerate(steps)
-    ]
+        fits.append(fit)
+    points = []
+    previous = 0
+    for choice, (fitted, low, high) in zip(choices, fits, strict=True):
+        for step in range(previous + 1, choice.horizon + 1):
+            p50 = float(fitted.predict(history, origin, horizon=step)[0])
+            points.append(
+                Point(time_s=series.time_s(last + step), p10=p50 + low, p50=p50, p90=p50 + high)
+            )
+        previous = choice.horizon
     return Forecast(step_s=series.step_s, points=points, anchors=choices)
 
 
 def _anchor(
     series: Series, history: History, *, horizon: int, seed: int
-) -> tuple[AnchorChoice, tuple[float, float, float]]:
-    last = len(series) - 1
-    origin = np.array([last], dtype=np.int64)
+) -> tuple[AnchorChoice, tuple[Fitted, float, float]]:
+    """The model for one anchor horizon, fitted on the whole history, and its offsets."""
+    persistence = MODELS.get_or_raise(PERSISTENCE).fit(history, horizon=horizon, seed=seed)
     length = min(series.steps(WEEK_S), (len(series) - horizon - 1) // 2)
     if length < 2:
-        value = float(history.filled[last])
         why = _fallback(series, horizon, "validate")
-        return AnchorChoice(horizon, PERSISTENCE, why, None), (value, value, value)
+        return AnchorChoice(horizon, PERSISTENCE, why, None), (persistence, 0.0, 0.0)
     window = forecast_window(
         series,
         start=len(series) - length,
@@ -108,9 +106,8 @@ def _anchor(
     seen = np.isfinite(residuals)
     mae = float(np.mean(np.abs(residuals[seen]))) if seen.any() else None
     fitted = MODELS.get_or_raise(name).fit(history, horizon=horizon, seed=seed)
-    p50 = float(fitted.predict(history, origin)[0])
     bounds = offsets(residuals)
-    return AnchorChoice(horizon, name, reason, mae), (p50 + bounds.low, p50, p50 + bounds.high)
+    return AnchorChoice(horizon, name, reason, mae), (fitted, bounds.low, bounds.high)
 
 
 def _fallback(series: Series, horizon: int, what: str) -> str:

@@ -50,15 +50,23 @@ class Series:
 
 
 def resample(
-    times_s: Sequence[float] | FloatArray, values: Sequence[float] | FloatArray, *, step_s: int
+    times_s: Sequence[float] | FloatArray,
+    values: Sequence[float] | FloatArray,
+    *,
+    step_s: int,
+    until_s: float | None = None,
 ) -> Series:
     """Bin observations into steps of ``step_s`` seconds (aligned to the epoch), the mean of
-    each bin; a bin without observations is a gap (NaN)."""
+    each bin; a bin without observations is a gap (NaN). With ``until_s`` the series runs to
+    the step holding that time (gaps at its end marked too); later observations are
+    dropped."""
     if step_s <= 0:
         raise SeriesError(f"step must be positive, got {step_s} s")
     t = np.asarray(times_s, dtype=np.float64)
     v = np.asarray(values, dtype=np.float64)
     keep = np.isfinite(t) & np.isfinite(v)
+    if until_s is not None:
+        keep &= t < (np.floor(until_s / step_s) + 1) * step_s
     t, v = t[keep], v[keep]
     if len(t) == 0:
         raise SeriesError("no observations")
@@ -66,6 +74,8 @@ def resample(
     first = int(bins.min())
     index = bins - first
     n = int(index.max()) + 1
+    if until_s is not None:
+        n = max(n, int(np.floor(until_s / step_s)) - first + 1)
     total = np.bincount(index, weights=v, minlength=n)
     count = np.bincount(index, minlength=n)
     out = np.full(n, np.nan)

@@ -228,16 +228,35 @@ class AuditEntry(Base):
         return value if len(value) <= length else value[: length - 1] + "…"
 
 
+class DemandSample(Base):
+    """A scope's GPU capacity and demand (allocated + pending) at one controller cycle,
+    recorded by the leader at most once per ``demand_sample_s``: the forecasts' history."""
+
+    __tablename__ = "demand_samples"
+
+    scope: Mapped[str] = mapped_column(String(320), primary_key=True)
+    at: Mapped[datetime] = mapped_column(primary_key=True)
+    capacity_gpus: Mapped[float] = mapped_column(Float)
+    allocated_gpus: Mapped[float] = mapped_column(Float)
+    pending_gpus: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_demand_samples_at", "at"),)
+
+
 class Forecast(Base):
-    """A demand forecast (filled by the forecasting issue)."""
+    """A stored forecast of one scope's metric: its points, the models chosen and their
+    validation scores (``payload``), written by the retraining job."""
 
     __tablename__ = "forecasts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime]
-    subject: Mapped[str] = mapped_column(String(256))  # e.g. "model=NVIDIA H100/pool=train"
+    #: ``<metric>:<scope>@<step s>``, e.g. ``gpu_demand:model/NVIDIA H100@3600``
+    subject: Mapped[str] = mapped_column(String(256))
     horizon_s: Mapped[float] = mapped_column(Float)
     payload: Mapped[dict[str, Any]]
+
+    __table_args__ = (Index("ix_forecasts_subject", "subject", "created_at"),)
 
 
 class Recommendation(Base):

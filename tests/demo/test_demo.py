@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from demo.story import SIMULATED_CLUSTER, agent_report, run_demo, summarize
 from shared.report import GpuHealth
 
@@ -29,6 +31,20 @@ def test_demo_tells_the_whole_story() -> None:
     assert [str(p) for p in result.rejected.problems] == [
         "links.0.gpu_b: GPU index 99 is not in gpus"
     ]
+    # the forecasting chapter: one forecast per GPU model and the cluster, served by the API
+    models = {summary.product for summary in result.nodes}
+    assert sorted(result.forecasts_trained) == sorted(
+        ["gpu_demand:cluster@3600", *(f"gpu_demand:model/{m}@3600" for m in models)]
+    )
+    points = result.forecast["points"]
+    assert len(points) == 24
+    assert all(p["p10"] <= p["p50"] <= p["p90"] for p in points)
+    plan = {item["model"]: item for item in result.capacity_plan["items"]}
+    assert set(plan) == models
+    for item in plan.values():
+        assert item["additional_gpus"] == max(
+            0, math.ceil(item["needed_gpus"] - item["capacity_gpus"] - 1e-6)
+        )
 
 
 def test_free_gpus_follow_time_and_health() -> None:

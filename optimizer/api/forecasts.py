@@ -1,0 +1,246 @@
+"""``GET /v1/forecasts`` and ``GET /v1/capacity/plan``: stored forecasts for capacity planners.
+
+The leader retrains forecasts on a schedule (optimizer/controller/forecasting.py); these
+routes only read the newest stored one, so they answer without training anything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from optimizer.api.deps import Reader, SessionDep, StateDep
+from optimizer.api.state import AppState
+from optimizer.forecast.capacity import capacity_need
+from optimizer.store.forecasts import RESOLUTIONS, latest_demand, latest_forecast
+from optimizer.store.models import DemandSample, Forecast
+
+router = APIRouter(tags=["forecasts"])
+
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_DURATION: Final = re.compile(r"^([0-9]+)([smhdw]?)$")
+PROBABILITY: Final = 0.9
+#: A duration in a query: digits and a unit (s when none).
+DURATION: Final = r"^[0-9]{1,9}[smhdw]?$"
+MetricName = Literal["gpu_demand", "gpu_activity"]  # store.forecasts.METRICS
+Step = Literal["5m", "1h"]  # store.forecasts.RESOLUTIONS
+NOT_YET: Final[dict[int | str, dict[str, Any]]] = {
+    400: {"description": "A horizon beyond what is kept at that step."},
+    404: {"description": "No forecast of that metric, scope and step yet."},
+}
+
+
+def _seconds(text: str, name: str) -> int:
+    """Seconds of a duration the query's pattern already checked; zero is refused."""
+    match = _DURATION.match(text.strip())
+    if not match or int(match[1]) <= 0:
+        raise HTTPException(400, f"{name}: {text!r} is not a positive duration like 30m, 24h")
+    return int(match[1]) * _UNITS[match[2] or "s"]
+
+
+def _stored(
+    session: SessionDep, state: StateDep, *, metric: str, scope: str, step_s: int
+) -> Forecast:
+    row = latest_forecast(session, metric=metric, scope=scope, step_s=step_s)
+    if row is None:
+        interval = state.settings.forecast_interval_s
+        raise HTTPException(
+            404,
+            f"no {metric} forecast of scope {scope!r} at step {step_s} s yet: the leader "
+            f"retrains every {interval:g} s, for scopes with history "
+            "(GET /v1/forecasts/scopes lists them)",
+        )
+    return row
+
+
+def _points(row: Forecast, horizon_s: int) -> list[dict[str, Any]]:
+    payload = row.payload
+    if horizon_s > row.horizon_s:
+        raise HTTPException(
+            400, f"horizon: forecasts at this step reach {row.horizon_s / 3600:g} h"
+        )
+    steps = max(1, horizon_s // int(payload["step_s"]))
+    points: list[dict[str, Any]] = payload["points"][:steps]
+    return points
+
+
+@router.get("/v1/forecasts", responses=NOT_YET)
+def get_forecast(
+    session: SessionDep,
+    state: StateDep,
+    _: Reader,
+    scope: Annotated[
+        str, Query(description="cluster, pool/P, model/M, queue/Q or namespace/N")
+    ] = "cluster",
+    metric: Annotated[
+        MetricName,
+        Query(
+            description="gpu_demand (allocated + pending GPUs) or gpu_activity "
+            "(mean utilisation, 0-1)"
+        ),
+    ] = "gpu_demand",
+    horizon: Annotated[
+        str, Query(description="How far ahead: 6h, 24h, 7d.", pattern=DURATION)
+    ] = "24h",
+    step: Annotated[Step, Query(description="The step of the forecast.")] = "1h",
+) -> dict[str, Any]:
+    """The newest stored forecast: p10, p50 and p90 per step, the model chosen at each
+    anchor horizon with why and its validation MAE, and the history it was trained on."""
+    step_s = _seconds(step, "step")
+    row = _stored(session, state, metric=metric, scope=scope, step_s=step_s)
+    payload = dict(row.payload)
+    payload["points"] = _points(row, _seconds(horizon, "horizon"))
+    payload["created_at"] = row.created_at
+    return payload
+
+
+@router.get("/v1/forecasts/scopes")
+def list_scopes(session: SessionDep, _: Reader) -> dict[str, Any]:
+    """Every subject with a stored forecast (``metric:scope@step``)."""
+    subjects = session.scalars(select(Forecast.subject).distinct()).all()
+    demand = session.scalars(select(DemandSample.scope).distinct()).all()
+    return {"forecasts": sorted(subjects), "demand_scopes": sorted(demand)}
+
+
+@router.get("/v1/capacity/plan", responses=NOT_YET)
+def capacity_plan(
+    session: SessionDep,
+    state: StateDep,
+    _: Reader,
+    scope: Annotated[
+        str, Query(description="cluster (per GPU model), model/M, pool/P, …")
+    ] = "cluster",
+    horizon: Annotated[str, Query(description="How far ahead: 24h, 7d.", pattern=DURATION)] = "7d",
+    target_wait: Annotated[
+        str, Query(description="Longest acceptable wait: 30m, 1h.", pattern=DURATION)
+    ] = "1h",
+) -> dict[str, Any]:
+    """GPUs needed so that predicted demand waits no longer than ``target_wait`` with 90%
+    probability (per step), against today's capacity: per GPU model for ``cluster``, else
+    for the scope. Method: docs/architecture.md, "Capacity planning"."""
+    horizon_s = _seconds(horizon, "horizon")
+    wait_s = _seconds(target_wait, "target_wait")
+    step_s = 3600 if horizon_s > RESOLUTIONS[300] else 300
+    if scope == "cluster":
+        prefix = "gpu_demand:model/"
+        subjects = session.scalars(
+            select(Forecast.subject).where(Forecast.subject.startswith(prefix)).distinct()
+        ).all()
+        scopes = sorted(
+            s.removeprefix("gpu_demand:").rpartition("@")[0]
+            for s in subjects
+            if s.endswith(f"@{step_s}")
+        )
+        if not scopes:
+            scopes = ["cluster"]
+    else:
+        scopes = [scope]
+    lines = []
+    for name in scopes:
+        row = _stored(session, state, metric="gpu_demand", scope=name, step_s=step_s)
+        points = _points(row, horizon_s)
+        need = capacity_need([p["p90"] for p in points], step_s=step_s, target_wait_s=wait_s)
+        capacity = float(row.payload.get("capacity_gpus") or 0.0)
+        lines.append(
+            {
+                "scope": name,
+                "model": name.removeprefix("model/") if name.startswith("model/") else None,
+                "capacity_gpus": capacity,
+                "needed_gpus": round(need.needed_gpus, 3),
+                "additional_gpus": need.additional(capacity),
+                "spare_gpus": need.spare(capacity),
+                "peak_window_start": points[need.peak_index]["at"],
+                "forecast_created_at": _iso(row.created_at),
+                "models": row.payload["models"],
+            }
+        )
+    return {
+        "scope": scope,
+        "horizon_s": horizon_s,
+        "target_wait_s": wait_s,
+        "step_s": step_s,
+        "probability": PROBABILITY,
+        "items": lines,
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+class ForecastCollector(Collector):
+    """Forecast against actual at scrape time: each stored forecast's quantiles for the step
+    holding now, and each scope's latest demand sample."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        now_s = self.state.clock().timestamp()
+        try:
+            with self.state.sessions() as session:
+                newest = (
+                    select(Forecast.subject, func.max(Forecast.created_at).label("at"))
+                    .group_by(Forecast.subject)
+                    .subquery()
+                )
+                rows = session.scalars(
+                    select(Forecast).join(
+                        newest,
+                        (Forecast.subject == newest.c.subject)
+                        & (Forecast.created_at == newest.c.at),
+                    )
+                ).all()
+                actual = latest_demand(session)
+        except SQLAlchemyError:
+            return
+        demand = GaugeMetricFamily(
+            "stowage_forecast_gpu_demand_gpus",
+            "Forecast GPU demand (allocated + pending) for the current step, by quantile.",
+            labels=["scope", "step", "quantile"],
+        )
+        activity = GaugeMetricFamily(
+            "stowage_forecast_gpu_activity_ratio",
+            "Forecast mean GPU utilisation for the current step, by quantile.",
+            labels=["scope", "step", "quantile"],
+        )
+        for row in rows:
+            payload = row.payload
+            point = _point_at(payload, now_s)
+            if point is None:
+                continue
+            family = demand if payload["metric"] == "gpu_demand" else activity
+            step = f"{int(payload['step_s'])}s"
+            for key, quantile in (("p10", "0.1"), ("p50", "0.5"), ("p90", "0.9")):
+                family.add_metric([payload["scope"], step, quantile], point[key])
+        yield demand
+        yield activity
+        observed = GaugeMetricFamily(
+            "stowage_gpu_demand_gpus",
+            "GPU demand (allocated + pending) at the leader's latest sample, by scope.",
+            labels=["scope"],
+        )
+        for scope, value in actual.items():
+            observed.add_metric([scope], value)
+        yield observed
+
+
+def _point_at(payload: dict[str, Any], now_s: float) -> dict[str, Any] | None:
+    """The forecast point whose step holds ``now_s`` (None: the forecast does not reach)."""
+    step_s = float(payload["step_s"])
+    for point in payload["points"]:
+        start = datetime.fromisoformat(point["at"].replace("Z", "+00:00")).timestamp()
+        if start <= now_s < start + step_s:
+            return dict(point)
+    return None
