@@ -3,9 +3,11 @@
 Split conformal, per horizon: the residuals ``actual - forecast`` of forecasts made ``h``
 steps ahead on data the model was not fitted on give the offsets of the interval around the
 point forecast, with the finite-sample correction. Rolling forward, a forecast's residual
-joins the calibration window once its target has been observed (adaptive to a regime
-change, never peeking: a forecast made at origin ``o`` only uses residuals of targets up to
-``o``).
+joins the calibration window once its target has been observed, and the level itself
+adapts (adaptive conformal inference, Gibbs and Candes 2021: each matured miss widens the
+next intervals, each hit narrows them, so that coverage holds over time even when the
+residuals drift). Nothing peeks: a forecast made at origin ``o`` only uses what was
+observed up to ``o``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from optimizer.forecast.series import FloatArray
 
 #: The quantiles every forecast carries.
 QUANTILES: Final = (0.1, 0.5, 0.9)
+#: Adaptive conformal's step: how far one matured miss (or hit) moves the miscoverage level.
+ADAPT_RATE: Final = 0.05
 
 
 @dataclass(frozen=True)
@@ -56,19 +60,25 @@ def rolling_intervals(
     calibration: FloatArray,
     horizon: int,
     coverage: float = 0.8,
+    adapt_rate: float = ADAPT_RATE,
 ) -> tuple[FloatArray, FloatArray]:
     """p10 and p90 for consecutive targets ``0..n-1``, each forecast ``horizon`` steps ahead:
     target ``k``'s interval uses ``calibration`` plus the residuals of targets up to
-    ``k - horizon``, the newest ``len(calibration)`` of them (at least one day's worth is the
-    caller's business)."""
+    ``k - horizon``, the newest ``len(calibration)`` of them, at a level moved by
+    ``adapt_rate`` for each of those targets that its own interval missed (up) or caught
+    (down)."""
     window = max(len(calibration), 1)
     residuals = actuals - forecasts
     low = np.empty_like(forecasts)
     high = np.empty_like(forecasts)
+    miss_rate = 1 - coverage
     for k in range(len(forecasts)):
-        matured = residuals[: max(0, k - horizon + 1)]
-        pool = np.concatenate([calibration, matured])[-window:]
-        bounds = offsets(pool, coverage=coverage)
+        matured = k - horizon
+        if matured >= 0 and np.isfinite(actuals[matured]):
+            missed = not low[matured] <= actuals[matured] <= high[matured]
+            miss_rate += adapt_rate * ((1 - coverage) - float(missed))
+        pool = np.concatenate([calibration, residuals[: max(0, matured + 1)]])[-window:]
+        bounds = offsets(pool, coverage=min(max(1 - miss_rate, 0.0), 1.0))
         low[k] = forecasts[k] + bounds.low
         high[k] = forecasts[k] + bounds.high
     return low, high

@@ -171,6 +171,28 @@ def test_rolling_intervals_use_only_matured_residuals() -> None:
     np.testing.assert_array_equal(low, [-1, -1, -1, 0])
 
 
+def test_adaptive_level_keeps_coverage_when_errors_grow() -> None:
+    """Errors that grow over time: intervals from a window of past residuals lag behind and
+    cover too little; adapting the level to matured misses brings coverage back to 80%."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(200)
+    actuals = (1 + steps / 10) * rng.standard_normal(200)
+    calibration = rng.standard_normal(50)
+
+    def coverage(rate: float) -> float:
+        low, high = rolling_intervals(
+            forecasts=np.zeros(200),
+            actuals=actuals,
+            calibration=calibration,
+            horizon=1,
+            adapt_rate=rate,
+        )
+        return float(np.mean((actuals >= low) & (actuals <= high)))
+
+    assert coverage(0.0) < 0.7
+    assert 0.75 <= coverage(0.05) <= 0.85
+
+
 def test_pinball_of_a_perfect_median_is_zero() -> None:
     actuals = np.array([1.0, 2.0, math.nan])
     assert pinball(actuals, {0.5: np.array([1.0, 2.0, 9.0])}) == 0.0
