@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import pynvml
 
+from agent.gpm import ActivityReader
 from agent.host import gpu_numa_node
 from agent.nvml import GpuLostError, Nvml
 from shared.report import (
@@ -88,6 +89,7 @@ class GpuDevice:
     _info: GpuInfo | None = field(default=None, repr=False)
     _links: tuple[LinkEnd, ...] | None = field(default=None, repr=False)
     _ecc_uncorrected: int = 0
+    _activity: ActivityReader | None = field(default=None, repr=False)
 
     def info(self) -> GpuInfo:
         """Static facts, read once; health is current.
@@ -253,10 +255,14 @@ class GpuDevice:
         reasons = n.optional("nvmlDeviceGetCurrentClocksEventReasons", h)
         ecc = self._ecc()
         processes = n.optional("nvmlDeviceGetComputeRunningProcesses", h) or []
+        if self._activity is None:
+            self._activity = ActivityReader(n, h)
+        activity = self._activity.read()
         return GpuSample(
             gpu_uuid=gpu_uuid,
             util_ratio=percent_to_ratio(util.gpu) if util is not None else None,
             memory_bandwidth_util_ratio=percent_to_ratio(util.memory) if util is not None else None,
+            **activity.gpm,
             memory_used_bytes=int(memory.used) if memory is not None else None,
             power_w=milliwatts_to_watts(power) if power is not None else None,
             energy_j=millijoules_to_joules(energy) if energy is not None else None,
@@ -272,6 +278,7 @@ class GpuDevice:
                 GpuProcess(
                     pid=p.pid,
                     memory_used_bytes=int(p.usedGpuMemory) if p.usedGpuMemory is not None else None,
+                    sm_util_ratio=activity.process_sm.get(p.pid),
                 )
                 for p in processes
                 if p.pid > 0

@@ -97,6 +97,14 @@ def _sample_metrics(samples: list[GpuSample], labels_of: dict[str, list[str]]) -
         "stowage_gpu_memory_bandwidth_utilization_ratio", "Fraction of time memory was busy."
     )
     used = _gauge("stowage_gpu_memory_used_bytes", "GPU framebuffer used in bytes.")
+    sm_active = _gauge("stowage_gpu_sm_active_ratio", "Fraction of SMs busy (GPM, Hopper+).")
+    occupancy = _gauge(
+        "stowage_gpu_sm_occupancy_ratio", "Resident warps over the maximum (GPM, Hopper+)."
+    )
+    tensor = _gauge(
+        "stowage_gpu_tensor_active_ratio", "Fraction of cycles a tensor core was busy (GPM)."
+    )
+    dram = _gauge("stowage_gpu_dram_active_ratio", "Fraction of peak DRAM bandwidth used (GPM).")
     power = _gauge("stowage_gpu_power_watts", "GPU power draw in watts.")
     energy = CounterMetricFamily(
         "stowage_gpu_energy_joules",
@@ -121,6 +129,11 @@ def _sample_metrics(samples: list[GpuSample], labels_of: dict[str, list[str]]) -
     pod_mem = _gauge(
         "stowage_pod_gpu_memory_used_bytes", "GPU memory used by a pod's container.", _POD_LABELS
     )
+    pod_sm = _gauge(
+        "stowage_pod_gpu_sm_util_ratio",
+        "A pod's container's share of SM time on a GPU (NVML per-process utilisation).",
+        _POD_LABELS,
+    )
     for sample in samples:
         labels = labels_of.get(sample.gpu_uuid)
         if labels is None:
@@ -129,6 +142,10 @@ def _sample_metrics(samples: list[GpuSample], labels_of: dict[str, list[str]]) -
             (util, sample.util_ratio),
             (mem_util, sample.memory_bandwidth_util_ratio),
             (used, sample.memory_used_bytes),
+            (sm_active, sample.sm_active_ratio),
+            (occupancy, sample.sm_occupancy_ratio),
+            (tensor, sample.tensor_active_ratio),
+            (dram, sample.dram_active_ratio),
             (power, sample.power_w),
             (energy, sample.energy_j),
             (temperature, sample.temperature_c),
@@ -144,6 +161,8 @@ def _sample_metrics(samples: list[GpuSample], labels_of: dict[str, list[str]]) -
             if sample.util_ratio is not None:
                 pod_util.add_metric([*labels, *pod_labels], sample.util_ratio * share)
             pod_mem.add_metric([*labels, *pod_labels], memory)
+        for pod_labels, ratio in _pod_sm(sample).items():
+            pod_sm.add_metric([*labels, *pod_labels], ratio)
     yield from (
         util,
         mem_util,
@@ -154,8 +173,13 @@ def _sample_metrics(samples: list[GpuSample], labels_of: dict[str, list[str]]) -
         clock,
         ecc,
         xid,
+        sm_active,
+        occupancy,
+        tensor,
+        dram,
         pod_util,
         pod_mem,
+        pod_sm,
     )
 
 
@@ -169,6 +193,16 @@ def _pod_shares(sample: GpuSample) -> dict[tuple[str, str, str], tuple[float, in
         memory[key] += process.memory_used_bytes or 0
     total = sum(memory.values())
     return {key: (used / total if total else 1 / len(memory), used) for key, used in memory.items()}
+
+
+def _pod_sm(sample: GpuSample) -> dict[tuple[str, str, str], float]:
+    """(namespace, pod, container) -> summed SM share of its processes, where NVML told."""
+    shares: dict[tuple[str, str, str], float] = defaultdict(float)
+    for process in sample.processes:
+        if process.namespace is None or process.pod is None or process.sm_util_ratio is None:
+            continue
+        shares[process.namespace, process.pod, process.container or ""] += process.sm_util_ratio
+    return {key: min(value, 1.0) for key, value in shares.items()}
 
 
 class AgentMetrics:

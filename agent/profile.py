@@ -119,6 +119,28 @@ class PodSpec(_Model):
     gpus: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
     memory_gib: Annotated[float, Field(ge=0)] = 1.0
     utilization: Curve | None = None
+    #: Real SM activity (what GPM and per-process utilisation measure); default: 0.6 x
+    #: ``utilization`` (NVML's coarse "a kernel ran" ratio overstates it).
+    activity: Curve | None = None
+    #: GPUs the pod holds but never runs on (a gang sized larger than it uses): no kernel,
+    #: no activity, and only a context's memory there.
+    idle_gpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _idle_gpus_are_held(self) -> Self:
+        stray = sorted(set(self.idle_gpus) - set(self.gpus))
+        if stray:
+            raise ValueError(f"idle_gpus {stray} are not among the pod's gpus {self.gpus}")
+        return self
+
+    def active_on(self, gpu: int) -> bool:
+        return gpu in self.gpus and gpu not in self.idle_gpus
+
+    def activity_at(self, t_s: float) -> float:
+        """The pod's SM activity on the GPUs it runs on."""
+        if self.activity is not None:
+            return self.activity.at(t_s)
+        return 0.6 * self.utilization.at(t_s) if self.utilization is not None else 0.0
 
 
 class EventSpec(_Model):

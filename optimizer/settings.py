@@ -237,6 +237,15 @@ class OptimizerSettings(BaseSettings):
         default=35 * 86400.0,
         description="How much history each retraining reads (the newest).",
     )
+    rightsizing_window_s: Annotated[float, Field(gt=0)] = Field(
+        default=86400.0,
+        description="Right-sizing and idle detection look at this much recent history "
+        "(raw samples: keep STOWAGE_RAW_RETENTION_S at least as long).",
+    )
+    idle_after_s: Annotated[float, Field(gt=0)] = Field(
+        default=3600.0,
+        description="A pod is judged (idle, fewer GPUs, a smaller slice) once observed this long.",
+    )
     request_shapes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
         default=[8, 4, 2],
         description="GPUs per pod of the request shapes used to count fragmented GPUs.",

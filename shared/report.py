@@ -293,6 +293,9 @@ class GpuProcess(_Model):
     pod_uid: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     container: Annotated[str, StringConstraints(min_length=1, max_length=63)] | None = None
     memory_used_bytes: GpuBytes | None = None
+    #: The process's share of SM time over the last sample window
+    #: (``nvmlDeviceGetProcessUtilization``; None where the GPU cannot tell, e.g. MIG).
+    sm_util_ratio: Ratio | None = None
 
 
 class EccCounts(_Model):
@@ -310,6 +313,12 @@ class GpuSample(_Model):
     util_ratio: Ratio | None = None
     #: Fraction of SMs busy (GPM SM activity, Hopper and newer): real activity.
     sm_active_ratio: Ratio | None = None
+    #: Warps resident over the maximum (GPM SM occupancy).
+    sm_occupancy_ratio: Ratio | None = None
+    #: Fraction of cycles any tensor core was busy (GPM).
+    tensor_active_ratio: Ratio | None = None
+    #: Fraction of peak DRAM bandwidth used (GPM).
+    dram_active_ratio: Ratio | None = None
     #: Fraction of the window the memory interface was busy (memory-bandwidth utilisation).
     memory_bandwidth_util_ratio: Ratio | None = None
     memory_used_bytes: GpuBytes | None = None

@@ -8,6 +8,7 @@ at its boundary with the helpers below so nothing downstream ever guesses.
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 KIB: Final = 1024
@@ -57,3 +58,21 @@ def millijoules_to_joules(millijoules: float) -> float:
 def megahertz_to_hertz(megahertz: float) -> float:
     """NVML clocks (MHz) to hertz."""
     return megahertz * 1e6
+
+
+_DURATION_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def duration_s(text: str, *, default_unit: str = "s") -> int:
+    """Seconds from ``90s``, ``5m``, ``1h``, ``7d``, ``1w`` (a bare number is in
+    ``default_unit``); raises ValueError for anything else, zero included."""
+    value = text.strip()
+    unit = value[-1:] if value[-1:] in _DURATION_UNITS else default_unit
+    number = value[:-1] if value[-1:] in _DURATION_UNITS else value
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration like 30m, 1h, 7d") from None
+    if not math.isfinite(amount) or amount <= 0:
+        raise ValueError(f"{text!r} must be a positive duration")
+    return round(amount * _DURATION_UNITS[unit])

@@ -79,6 +79,60 @@ class _Process:
 
 
 @dataclass
+class _ProcessUtilization:
+    pid: int
+    timeStamp: int  # noqa: N815 - microseconds, as NVML's
+    smUtil: int  # noqa: N815
+    memUtil: int  # noqa: N815
+    encUtil: int = 0  # noqa: N815
+    decUtil: int = 0  # noqa: N815
+
+
+@dataclass
+class _GpmSupport:
+    version: int
+    isSupportedDevice: int  # noqa: N815
+
+
+@dataclass
+class _GpmSample:
+    """What ``nvmlGpmSampleGet`` captured: which GPU, and when."""
+
+    index: int = -1
+    at_s: float = 0.0
+    freed: bool = False
+
+
+@dataclass
+class _GpmMetric:
+    metricId: int = 0  # noqa: N815
+    nvmlReturn: int = pynvml.NVML_ERROR_NOT_SUPPORTED  # noqa: N815
+    value: float = 0.0
+
+
+class _GpmMetricsGet:
+    """``pynvml.c_nvmlGpmMetricsGet_t`` with plain attributes (``metrics`` holds 477 slots,
+    as the ctypes array does)."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.numMetrics = 0
+        self.sample1: _GpmSample | None = None
+        self.sample2: _GpmSample | None = None
+        self.metrics = [_GpmMetric() for _ in range(477)]
+
+
+#: Scripted GPM ratios relative to SM activity (a fake's convention, not a measurement).
+_GPM_SCALE: Final = {
+    pynvml.NVML_GPM_METRIC_SM_UTIL: 1.0,
+    pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: 0.6,
+    pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: 0.5,
+    pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: 0.4,
+}
+_GPM_ARCHITECTURES: Final = frozenset({GpuArchitecture.HOPPER, GpuArchitecture.BLACKWELL})
+
+
+@dataclass
 class _EventData:
     device: _Handle
     eventType: int  # noqa: N815
@@ -115,6 +169,7 @@ class FakeNvml:
     """
 
     NVMLError = pynvml.NVMLError
+    c_nvmlGpmMetricsGet_t = _GpmMetricsGet  # noqa: N815 - pynvml's name
 
     def __init__(
         self,
@@ -155,12 +210,20 @@ class FakeNvml:
         return state
 
     def _util(self, index: int, t: float) -> float:
-        pods = [p for p in self.profile.behaviour.pods if index in p.gpus]
+        pods = [p for p in self.profile.behaviour.pods if p.active_on(index)]
         curve = self.profile.behaviour.per_gpu_utilization.get(index)
         if curve is None:
             pod_curves = [p.utilization for p in pods if p.utilization is not None]
             curve = pod_curves[0] if pod_curves else self.profile.behaviour.utilization
         return curve.at(t)
+
+    def _activity(self, index: int, t: float) -> float:
+        """Real SM activity: the pods running there (capped at 1), else a fraction of the
+        background utilisation."""
+        pods = [p for p in self.profile.behaviour.pods if p.active_on(index)]
+        if pods:
+            return min(1.0, sum(p.activity_at(t) for p in pods))
+        return 0.6 * self._util(index, t)
 
     def _power_mw(self, index: int, t: float) -> float:
         spec = self.profile.gpu
@@ -434,14 +497,88 @@ class FakeNvml:
     def nvmlDeviceGetComputeRunningProcesses(self, handle: _Handle) -> list[_Process]:  # noqa: N802
         self._live(handle)
         return [
-            _Process(pid=pod.pid, usedGpuMemory=int(pod.memory_gib * 1024**3))
+            _Process(pid=pod.pid, usedGpuMemory=self._pod_memory(pod, handle.index))
             for pod in self.profile.behaviour.pods
             if handle.index in pod.gpus
         ]
 
+    def _pod_memory(self, pod: Any, index: int) -> int:
+        """A pod's memory on one GPU: its working set, or a context where it sits idle."""
+        return int(pod.memory_gib * 1024**3) if pod.active_on(index) else 500 * 1024**2
+
     def _memory_used(self, index: int) -> int:
         pods = [p for p in self.profile.behaviour.pods if index in p.gpus]
-        return 512 * 1024**2 + sum(int(p.memory_gib * 1024**3) for p in pods)
+        return 512 * 1024**2 + sum(self._pod_memory(p, index) for p in pods)
+
+    # --- activity: per-process utilisation and GPM ------------------------------------
+
+    def nvmlDeviceGetProcessUtilization(  # noqa: N802
+        self, handle: _Handle, timestamp: int
+    ) -> list[_ProcessUtilization]:
+        self._live(handle)
+        if self.profile.gpus[handle.index].mig_devices:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        now = self._now()
+        now_us = int(now * 1e6)
+        pods = [p for p in self.profile.behaviour.pods if handle.index in p.gpus]
+        if not pods or now_us <= timestamp:
+            _error(pynvml.NVML_ERROR_NOT_FOUND)  # no sample newer than the timestamp
+        return [
+            _ProcessUtilization(
+                pid=p.pid,
+                timeStamp=now_us,
+                smUtil=round(100 * p.activity_at(now)) if p.active_on(handle.index) else 0,
+                memUtil=round(40 * p.activity_at(now)) if p.active_on(handle.index) else 0,
+            )
+            for p in pods
+        ]
+
+    def nvmlGpmQueryDeviceSupport(self, handle: _Handle) -> _GpmSupport:  # noqa: N802
+        self._check(handle)
+        supported = (
+            self.profile.gpu.architecture in _GPM_ARCHITECTURES
+            and not self.profile.gpus[handle.index].mig_devices
+        )
+        return _GpmSupport(
+            version=pynvml.NVML_GPM_SUPPORT_VERSION, isSupportedDevice=int(supported)
+        )
+
+    def nvmlGpmSampleAlloc(self) -> _GpmSample:  # noqa: N802
+        return _GpmSample()
+
+    def nvmlGpmSampleFree(self, sample: _GpmSample) -> None:  # noqa: N802
+        if not isinstance(sample, _GpmSample) or sample.freed:
+            _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        sample.freed = True
+
+    def nvmlGpmSampleGet(self, handle: _Handle, sample: _GpmSample) -> _GpmSample:  # noqa: N802
+        self._live(handle)
+        if not self.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice:
+            _error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        sample.index, sample.at_s = handle.index, self._now()
+        return sample
+
+    def nvmlGpmMetricsGet(self, request: _GpmMetricsGet) -> _GpmMetricsGet:  # noqa: N802
+        first, second = request.sample1, request.sample2
+        if (
+            request.version != pynvml.NVML_GPM_METRICS_GET_VERSION
+            or first is None
+            or second is None
+            or first.freed
+            or second.freed
+            or first.index != second.index
+            or first.index < 0
+        ):
+            _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        activity = self._activity(second.index, second.at_s)
+        for metric in request.metrics[: request.numMetrics]:
+            scale = _GPM_SCALE.get(metric.metricId)
+            if scale is None:
+                metric.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+                continue
+            metric.nvmlReturn = pynvml.NVML_SUCCESS
+            metric.value = 100.0 * scale * activity
+        return request
 
     # --- events -----------------------------------------------------------------------
 

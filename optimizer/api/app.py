@@ -17,7 +17,18 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.concurrency import run_in_threadpool
 
-from optimizer.api import audit, cluster, forecasts, gangs, gpus, health, nodes, reports, webhook
+from optimizer.api import (
+    audit,
+    cluster,
+    forecasts,
+    gangs,
+    gpus,
+    health,
+    nodes,
+    recommendations,
+    reports,
+    webhook,
+)
 from optimizer.api.limits import BodyLimit, TokenBuckets
 from optimizer.api.state import ApiMetrics, AppState
 from optimizer.auth import Authenticator
@@ -89,6 +100,7 @@ def create_app(
     )
     registry.register(health.ClusterCollector(state))
     registry.register(forecasts.ForecastCollector(state))
+    registry.register(recommendations.RecommendationCollector(state))
     if migrate_on_start is None:
         migrate_on_start = engine.dialect.name == "sqlite"
 
@@ -118,7 +130,7 @@ def create_app(
         in_flight=settings.in_flight_body_bytes,
         retry_after_s=settings.retry_after_s,
     )
-    for module in (reports, nodes, cluster, gpus, gangs, forecasts, audit):
+    for module in (reports, nodes, cluster, gpus, gangs, forecasts, recommendations, audit):
         app.include_router(module.router, responses=AUTHENTICATED_RESPONSES)
     app.include_router(health.router, responses={503: {"description": "Not ready: why."}})
     app.include_router(webhook.router, responses={413: BODY_LIMIT})

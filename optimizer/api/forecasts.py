@@ -6,7 +6,6 @@ routes only read the newest stored one, so they answer without training anything
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
@@ -22,11 +21,10 @@ from optimizer.api.state import AppState
 from optimizer.forecast.capacity import capacity_need
 from optimizer.store.forecasts import RESOLUTIONS, latest_demand, latest_forecast
 from optimizer.store.models import DemandSample, Forecast
+from shared.units import duration_s
 
 router = APIRouter(tags=["forecasts"])
 
-_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-_DURATION: Final = re.compile(r"^([0-9]+)([smhdw]?)$")
 PROBABILITY: Final = 0.9
 #: A duration in a query: digits and a unit (s when none).
 DURATION: Final = r"^[0-9]{1,9}[smhdw]?$"
@@ -38,12 +36,13 @@ NOT_YET: Final[dict[int | str, dict[str, Any]]] = {
 }
 
 
-def _seconds(text: str, name: str) -> int:
-    """Seconds of a duration the query's pattern already checked; zero is refused."""
-    match = _DURATION.match(text.strip())
-    if not match or int(match[1]) <= 0:
-        raise HTTPException(400, f"{name}: {text!r} is not a positive duration like 30m, 24h")
-    return int(match[1]) * _UNITS[match[2] or "s"]
+def seconds(text: str, name: str) -> int:
+    """Seconds of a query's duration (its pattern already checked the form); a zero
+    duration is a 400 naming the parameter."""
+    try:
+        return duration_s(text)
+    except ValueError as error:
+        raise HTTPException(400, f"{name}: {error}") from None
 
 
 def _stored(
@@ -94,10 +93,10 @@ def get_forecast(
 ) -> dict[str, Any]:
     """The newest stored forecast: p10, p50 and p90 per step, the model chosen at each
     anchor horizon with why and its validation MAE, and the history it was trained on."""
-    step_s = _seconds(step, "step")
+    step_s = seconds(step, "step")
     row = _stored(session, state, metric=metric, scope=scope, step_s=step_s)
     payload = dict(row.payload)
-    payload["points"] = _points(row, _seconds(horizon, "horizon"))
+    payload["points"] = _points(row, seconds(horizon, "horizon"))
     payload["created_at"] = row.created_at
     return payload
 
@@ -126,8 +125,8 @@ def capacity_plan(
     """GPUs needed so that predicted demand waits no longer than ``target_wait`` with 90%
     probability (per step), against today's capacity: per GPU model for ``cluster``, else
     for the scope. Method: docs/architecture.md, "Capacity planning"."""
-    horizon_s = _seconds(horizon, "horizon")
-    wait_s = _seconds(target_wait, "target_wait")
+    horizon_s = seconds(horizon, "horizon")
+    wait_s = seconds(target_wait, "target_wait")
     step_s = 3600 if horizon_s > RESOLUTIONS[300] else 300
     if scope == "cluster":
         prefix = "gpu_demand:model/"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,26 +10,21 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from optimizer.forecast.series import Series, SeriesError, read_csv
+from shared.units import duration_s
 
 if TYPE_CHECKING:
     from optimizer.forecast.backtest import Backtest
 
 app = typer.Typer(help="Demand forecasts: offline evaluation.", no_args_is_help=True)
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-
 
 def parse_duration_s(text: str, *, default_unit: str = "h") -> int:
     """Seconds from ``90s``, ``5m``, ``1h``, ``7d``, ``1w``; a bare number is in
-    ``default_unit``."""
-    match = _DURATION.match(text)
-    if not match:
-        raise typer.BadParameter(f"{text!r} is not a duration like 30m, 1h, 7d")
-    seconds = float(match[1]) * _UNITS[match[2] or default_unit]
-    if seconds <= 0:
-        raise typer.BadParameter(f"{text!r} must be positive")
-    return round(seconds)
+    ``default_unit`` (hours for the CLI's options)."""
+    try:
+        return duration_s(text, default_unit=default_unit)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
 
 
 def _fail(message: str) -> typer.Exit:

@@ -156,6 +156,8 @@ class Sample(Base):
     sm_clock_hz: Mapped[float | None] = mapped_column(Float)
     process_count: Mapped[int]
     xid_total: Mapped[int]
+    #: GPM SM activity (Hopper and newer; None elsewhere): what right-sizing trusts most.
+    sm_active_ratio: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_samples_gpu_at", "gpu_uuid", "at"), Index("ix_samples_at", "at"))
 
@@ -194,6 +196,8 @@ class WorkloadUsage(Base):
     container: Mapped[str | None] = mapped_column(String(253))
     pid: Mapped[int]
     memory_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    #: The process's share of SM time (NVML per-process utilisation; None where unknown).
+    sm_util_ratio: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_workload_usage_pod", "namespace", "pod", "at"),)
 

@@ -43,6 +43,7 @@ _SAMPLE_COLUMNS: Final = (
     "sm_clock_hz",
     "process_count",
     "xid_total",
+    "sm_active_ratio",
 )
 _USAGE_COLUMNS: Final = (
     "at",
@@ -54,6 +55,7 @@ _USAGE_COLUMNS: Final = (
     "container",
     "pid",
     "memory_used_bytes",
+    "sm_util_ratio",
 )
 _ROLLUP_COLUMNS: Final = (
     "gpu_uuid",
@@ -116,6 +118,7 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
                 s.sm_clock_hz,
                 len(s.processes),
                 s.xid_total,
+                s.sm_active_ratio,
             )
             samples.append(row)
             usage.extend(
@@ -129,6 +132,7 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
                     p.container,
                     p.pid,
                     p.memory_used_bytes,
+                    p.sm_util_ratio,
                 )
                 for p in s.processes
             )
@@ -243,6 +247,8 @@ class _Postgres:
         "collected_at": "timestamptz",
         "bucket_start": "timestamptz",
         "util_ratio": "float8",
+        "sm_active_ratio": "float8",
+        "sm_util_ratio": "float8",
         "power_w": "float8",
         "energy_j": "float8",
         "temperature_c": "float8",

@@ -33,6 +33,11 @@ STABLE_NAMES = [
     "stowage_gpu_nvlinks",
     "stowage_pod_gpu_utilization_ratio",
     "stowage_pod_gpu_memory_used_bytes",
+    "stowage_gpu_sm_active_ratio",
+    "stowage_gpu_sm_occupancy_ratio",
+    "stowage_gpu_tensor_active_ratio",
+    "stowage_gpu_dram_active_ratio",
+    "stowage_pod_gpu_sm_util_ratio",
     "stowage_agent_collect_duration_seconds",
     "stowage_agent_report_failures_total",
 ]
@@ -40,7 +45,8 @@ STABLE_NAMES = [
 
 def _exposition(tmp_path: Path) -> tuple[bytes, Collection]:
     profile = load_profile("dgx-h100")
-    with FakeMachine(profile, clock=ManualClock(5.0)) as machine:
+    clock = ManualClock(5.0)
+    with FakeMachine(profile, clock=clock) as machine:
         from agent.collector import Collector
         from agent.nvml import Nvml
 
@@ -52,6 +58,8 @@ def _exposition(tmp_path: Path) -> tuple[bytes, Collection]:
             nvml=Nvml(machine.binding), root=machine.root, node_name="gpu-1", attributor=attributor
         )
         collector.start()
+        collector.collect()
+        clock.advance(10)  # a second read: GPM has two samples to compare
         collection = collector.collect()
         registry, metrics = build_registry(lambda: collection)
         metrics.collect_duration.observe(collection.duration_s)
@@ -97,6 +105,14 @@ def test_values_and_labels_follow_the_report(tmp_path: Path) -> None:
     assert ("eval-sweep-7", "4") in pods
     pod_util = [labels for labels, _ in samples["stowage_pod_gpu_utilization_ratio"]]
     assert all(labels["namespace"] in {"ml", "research"} for labels in pod_util)
+    active = {labels["gpu"]: v for labels, v in samples["stowage_gpu_sm_active_ratio"]}
+    assert active["0"] == report.samples[0].sm_active_ratio
+    pod_sm = {
+        (labels["pod"], labels["gpu"]): value
+        for labels, value in samples["stowage_pod_gpu_sm_util_ratio"]
+    }
+    [process] = report.samples[2].processes
+    assert pod_sm[("llama-pretrain-0", "2")] == process.sm_util_ratio
     assert samples["stowage_agent_report_failures_total"][0][1] == 1.0
 
 

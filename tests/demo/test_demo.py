@@ -25,7 +25,8 @@ def test_demo_tells_the_whole_story() -> None:
     cluster = result.cluster
     assert cluster["gpus"]["total"] == 44
     assert cluster["gpus"]["unhealthy"] == 1
-    assert cluster["gpus"]["allocated_idle"] == 1  # serving/embedder-3 holds GPU 5, idle
+    # serving/embedder-3 holds H100 GPU 5, llm/llama-70b-sft-0 H200 GPUs 4-7, all idle
+    assert cluster["gpus"]["allocated_idle"] == 5
     free = sum(len(n.free_gpus) for n in result.nodes)
     assert cluster["gpus"]["free"] == free
     assert [str(p) for p in result.rejected.problems] == [

@@ -312,7 +312,7 @@ def test_forecasts_api_serves_the_stored_forecast(client: TestClient) -> None:
         ),
         pytest.param({"step": "10m"}, 422, "'5m' or '1h'", id="unknown-step"),
         pytest.param({"horizon": "30d"}, 400, "reach 168 h", id="too-far"),
-        pytest.param({"horizon": "0h"}, 400, "not a positive duration", id="zero-horizon"),
+        pytest.param({"horizon": "0h"}, 400, "must be a positive duration", id="zero-horizon"),
         pytest.param({"horizon": "soon"}, 422, "should match pattern", id="bad-horizon"),
     ],
 )

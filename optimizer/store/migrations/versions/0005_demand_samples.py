@@ -1,4 +1,4 @@
-"""demand samples for forecasts; forecasts looked up by subject
+"""demand samples for forecasts; forecasts looked up by subject; the finer activity signal
 
 Revision ID: 0005
 Revises: 0004
@@ -30,9 +30,17 @@ def upgrade() -> None:
         batch_op.create_index("ix_demand_samples_at", ["at"], unique=False)
     with op.batch_alter_table("forecasts", schema=None) as batch_op:
         batch_op.create_index("ix_forecasts_subject", ["subject", "created_at"], unique=False)
+    with op.batch_alter_table("samples", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("sm_active_ratio", sa.Float(), nullable=True))
+    with op.batch_alter_table("workload_usage", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("sm_util_ratio", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("workload_usage", schema=None) as batch_op:
+        batch_op.drop_column("sm_util_ratio")
+    with op.batch_alter_table("samples", schema=None) as batch_op:
+        batch_op.drop_column("sm_active_ratio")
     with op.batch_alter_table("forecasts", schema=None) as batch_op:
         batch_op.drop_index("ix_forecasts_subject")
     with op.batch_alter_table("demand_samples", schema=None) as batch_op:

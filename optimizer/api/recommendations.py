@@ -1,0 +1,123 @@
+"""``GET /v1/recommendations``: idle pods and GPU right-sizing from the agents' samples.
+
+Computed on request from the recent window (the aggregation runs in the database), so a
+recommendation never lags the data it rests on; ``/metrics`` exports the same with a
+minute's cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Annotated, Any, Final, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.exc import SQLAlchemyError
+
+from optimizer.api.deps import Reader, SessionDep, StateDep
+from optimizer.api.forecasts import DURATION, seconds
+from optimizer.api.state import AppState
+from optimizer.forecast.rightsizing import Recommendation, recommend
+from optimizer.store.usage import pod_gpu_usage
+
+router = APIRouter(tags=["recommendations"])
+
+Kind = Literal["idle", "gpu-count", "gpu-memory"]
+#: The longest window asked for (raw samples are kept for days, not years).
+MAX_WINDOW_S: Final = 366 * 86_400
+
+
+def current(
+    state: AppState, session: Any, *, window_s: float, min_window_s: float
+) -> list[Recommendation]:
+    now = state.clock()
+    usage = pod_gpu_usage(session, since=now - timedelta(seconds=window_s), until=now)
+    return recommend(usage, min_window_s=min_window_s)
+
+
+@router.get("/v1/recommendations", responses={400: {"description": "A zero or too long duration."}})
+def list_recommendations(
+    session: SessionDep,
+    state: StateDep,
+    _: Reader,
+    namespace: str | None = None,
+    kind: Kind | None = None,
+    window: Annotated[
+        str | None,
+        Query(description="How far back to look (default: the setting).", pattern=DURATION),
+    ] = None,
+    min_window: Annotated[
+        str | None,
+        Query(description="A pod observed for less is not judged yet.", pattern=DURATION),
+    ] = None,
+) -> dict[str, Any]:
+    """Idle pods (every held GPU under 5% activity), pods holding GPUs they leave idle (ask
+    for fewer), single-GPU pods whose peak memory fits a smaller MIG profile or GPU share;
+    each with the reason and the activity signal it rests on."""
+    settings = state.settings
+    window_s = seconds(window, "window") if window else settings.rightsizing_window_s
+    min_window_s = seconds(min_window, "min_window") if min_window else settings.idle_after_s
+    if window_s > MAX_WINDOW_S:
+        raise HTTPException(400, f"window: at most {MAX_WINDOW_S // 86_400} d")
+    items = current(state, session, window_s=window_s, min_window_s=min_window_s)
+    return {
+        "window_s": window_s,
+        "min_window_s": min_window_s,
+        "items": [
+            asdict(r)
+            for r in items
+            if (namespace is None or r.namespace == namespace) and (kind is None or r.kind == kind)
+        ],
+    }
+
+
+class RecommendationCollector(Collector):
+    """Recommendations by kind and idle GPUs by namespace, recomputed at most once a minute."""
+
+    CACHE_S = 60.0
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self._cached: tuple[float, list[Recommendation]] | None = None
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] > self.CACHE_S:
+            settings = self.state.settings
+            try:
+                with self.state.sessions() as session:
+                    items = current(
+                        self.state,
+                        session,
+                        window_s=settings.rightsizing_window_s,
+                        min_window_s=settings.idle_after_s,
+                    )
+            except SQLAlchemyError:
+                return
+            self._cached = (now, items)
+        items = self._cached[1]
+        kinds = GaugeMetricFamily(
+            "stowage_recommendations", "Open right-sizing recommendations by kind.", labels=["kind"]
+        )
+        for kind in ("idle", "gpu-count", "gpu-memory"):
+            kinds.add_metric([kind], sum(1 for r in items if r.kind == kind))
+        yield kinds
+        idle = GaugeMetricFamily(
+            "stowage_idle_gpus",
+            "GPUs held by pods that leave them idle (idle pods and the idle share of others).",
+            labels=["namespace"],
+        )
+        per_namespace: dict[str, int] = {}
+        for r in items:
+            if r.kind in ("idle", "gpu-count"):
+                per_namespace[r.namespace] = per_namespace.get(r.namespace, 0) + len(r.gpus)
+        for ns, count in sorted(per_namespace.items()):
+            idle.add_metric([ns], count)
+        yield idle

@@ -1,0 +1,168 @@
+"""GPU right-sizing: idle pods, pods holding more GPUs than they use, pods that fit a
+smaller slice of a GPU. Pure: usage aggregated over a window in, recommendations out.
+
+The activity signal is the best the agent measured for each GPU: GPM SM activity where the
+GPU has it (Hopper and newer), the pod's own per-process SM share otherwise, NVML's coarse
+"a kernel ran" utilisation last (which overstates activity; a recommendation says which
+signal it rests on).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+#: Mean activity under which a held GPU counts as unused.
+IDLE_RATIO: Final = 0.05
+#: Headroom over the peak memory a smaller slice must leave.
+MEMORY_MARGIN: Final = 0.10
+GIB: Final = 1024**3
+
+#: MIG profiles by GPU model (NVIDIA's MIG user guide), smallest first: (name, memory GiB).
+MIG_PROFILES: Final[dict[str, tuple[tuple[str, float], ...]]] = {
+    "A100-SXM4-40GB": (("1g.5gb", 5), ("2g.10gb", 10), ("3g.20gb", 20), ("7g.40gb", 40)),
+    "A100-PCIE-40GB": (("1g.5gb", 5), ("2g.10gb", 10), ("3g.20gb", 20), ("7g.40gb", 40)),
+    "A100-SXM4-80GB": (("1g.10gb", 10), ("2g.20gb", 20), ("3g.40gb", 40), ("7g.80gb", 80)),
+    "A100 80GB PCIe": (("1g.10gb", 10), ("2g.20gb", 20), ("3g.40gb", 40), ("7g.80gb", 80)),
+    "H100 80GB HBM3": (
+        ("1g.10gb", 10),
+        ("1g.20gb", 20),
+        ("2g.20gb", 20),
+        ("3g.40gb", 40),
+        ("7g.80gb", 80),
+    ),
+    "H200": (("1g.18gb", 18), ("1g.35gb", 35), ("2g.35gb", 35), ("3g.71gb", 71), ("7g.141gb", 141)),
+}
+
+
+@dataclass(frozen=True)
+class GpuUsage:
+    """One GPU a pod held over the window, aggregated."""
+
+    gpu_uuid: str
+    product: str
+    memory_bytes: int  # the GPU's
+    samples: int
+    first_s: float
+    last_s: float
+    activity_mean: float
+    activity_max: float
+    signal: str  # "gpm", "process-sm" or "nvml-util"
+    memory_peak_bytes: int
+
+
+@dataclass(frozen=True)
+class PodUsage:
+    namespace: str
+    pod: str
+    gpus: tuple[GpuUsage, ...]
+
+    @property
+    def observed_s(self) -> float:
+        return max(g.last_s for g in self.gpus) - min(g.first_s for g in self.gpus)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """``kind``: ``idle`` (release the pod's GPUs), ``gpu-count`` (ask for fewer GPUs) or
+    ``gpu-memory`` (a smaller slice fits)."""
+
+    kind: str
+    namespace: str
+    pod: str
+    current: str
+    recommended: str
+    reason: str
+    signal: str
+    gpus: tuple[str, ...] = field(default_factory=tuple)
+
+
+def mig_profile_for(product: str, need_bytes: float) -> str | None:
+    """The smallest MIG profile of ``product`` with at least ``need_bytes`` of memory."""
+    for model, profiles in MIG_PROFILES.items():
+        if model in product:
+            for name, gib in profiles:
+                if gib * GIB >= need_bytes:
+                    return name
+    return None
+
+
+def _weakest(signals: Iterable[str]) -> str:
+    order = ("gpm", "process-sm", "nvml-util")
+    return max(signals, key=order.index)
+
+
+def recommend(pods: Sequence[PodUsage], *, min_window_s: float) -> list[Recommendation]:
+    """Recommendations for pods observed for at least ``min_window_s``; one kind per pod at
+    most (idle wins over fewer GPUs, which wins over a smaller slice)."""
+    out: list[Recommendation] = []
+    for pod in sorted(pods, key=lambda p: (p.namespace, p.pod)):
+        if not pod.gpus or pod.observed_s < min_window_s:
+            continue
+        signal = _weakest(g.signal for g in pod.gpus)
+        hours = pod.observed_s / 3600
+        held = len(pod.gpus)
+        active = [g for g in pod.gpus if g.activity_mean >= IDLE_RATIO]
+        uuids = tuple(g.gpu_uuid for g in pod.gpus)
+        if not active:
+            busiest = max(g.activity_mean for g in pod.gpus)
+            out.append(
+                Recommendation(
+                    kind="idle",
+                    namespace=pod.namespace,
+                    pod=pod.pod,
+                    current=f"{held} GPU(s)",
+                    recommended="release the GPUs",
+                    reason=(
+                        f"{held} GPU(s) held at under {IDLE_RATIO:.0%} activity for {hours:.1f} h "
+                        f"(busiest GPU {busiest:.1%} on average)"
+                    ),
+                    signal=signal,
+                    gpus=uuids,
+                )
+            )
+            continue
+        if len(active) < held:
+            idle = [g.gpu_uuid for g in pod.gpus if g.activity_mean < IDLE_RATIO]
+            out.append(
+                Recommendation(
+                    kind="gpu-count",
+                    namespace=pod.namespace,
+                    pod=pod.pod,
+                    current=f"{held} GPUs",
+                    recommended=f"{len(active)} GPU(s)",
+                    reason=(
+                        f"{len(idle)} of its {held} GPUs stayed under {IDLE_RATIO:.0%} "
+                        f"activity for {hours:.1f} h"
+                    ),
+                    signal=signal,
+                    gpus=tuple(idle),
+                )
+            )
+            continue
+        if held == 1:
+            gpu = pod.gpus[0]
+            need = gpu.memory_peak_bytes * (1 + MEMORY_MARGIN)
+            if gpu.memory_bytes and need <= gpu.memory_bytes / 2:
+                mig = mig_profile_for(gpu.product, need)
+                share = math.ceil(need / gpu.memory_bytes * 10) * 100  # milli-GPU, 10% steps
+                slice_ = f"MIG {mig}" if mig else f"a {share / 10:.0f}% GPU share"
+                out.append(
+                    Recommendation(
+                        kind="gpu-memory",
+                        namespace=pod.namespace,
+                        pod=pod.pod,
+                        current=f"1 x {gpu.product} ({gpu.memory_bytes / GIB:.0f} GiB)",
+                        recommended=slice_ + ("" if mig else f" (stowage.io/gpu-milli={share})"),
+                        reason=(
+                            f"peak GPU memory {gpu.memory_peak_bytes / GIB:.1f} GiB over "
+                            f"{hours:.1f} h, {gpu.memory_peak_bytes / gpu.memory_bytes:.0%} of "
+                            f"the GPU; with {MEMORY_MARGIN:.0%} headroom it fits"
+                        ),
+                        signal=signal,
+                        gpus=uuids,
+                    )
+                )
+    return out
