@@ -99,70 +99,54 @@ def recommend(pods: Sequence[PodUsage], *, min_window_s: float) -> list[Recommen
     most (idle wins over fewer GPUs, which wins over a smaller slice)."""
     out: list[Recommendation] = []
     for pod in sorted(pods, key=lambda p: (p.namespace, p.pod)):
-        if not pod.gpus or pod.observed_s < min_window_s:
-            continue
-        signal = _weakest(g.signal for g in pod.gpus)
-        hours = pod.observed_s / 3600
-        held = len(pod.gpus)
-        active = [g for g in pod.gpus if g.activity_mean >= IDLE_RATIO]
-        uuids = tuple(g.gpu_uuid for g in pod.gpus)
-        if not active:
-            busiest = max(g.activity_mean for g in pod.gpus)
-            out.append(
-                Recommendation(
-                    kind="idle",
-                    namespace=pod.namespace,
-                    pod=pod.pod,
-                    current=f"{held} GPU(s)",
-                    recommended="release the GPUs",
-                    reason=(
-                        f"{held} GPU(s) held at under {IDLE_RATIO:.0%} activity for {hours:.1f} h "
-                        f"(busiest GPU {busiest:.1%} on average)"
-                    ),
-                    signal=signal,
-                    gpus=uuids,
-                )
-            )
-            continue
-        if len(active) < held:
-            idle = [g.gpu_uuid for g in pod.gpus if g.activity_mean < IDLE_RATIO]
-            out.append(
-                Recommendation(
-                    kind="gpu-count",
-                    namespace=pod.namespace,
-                    pod=pod.pod,
-                    current=f"{held} GPUs",
-                    recommended=f"{len(active)} GPU(s)",
-                    reason=(
-                        f"{len(idle)} of its {held} GPUs stayed under {IDLE_RATIO:.0%} "
-                        f"activity for {hours:.1f} h"
-                    ),
-                    signal=signal,
-                    gpus=tuple(idle),
-                )
-            )
-            continue
-        if held == 1:
-            gpu = pod.gpus[0]
-            need = gpu.memory_peak_bytes * (1 + MEMORY_MARGIN)
-            if gpu.memory_bytes and need <= gpu.memory_bytes / 2:
-                mig = mig_profile_for(gpu.product, need)
-                share = math.ceil(need / gpu.memory_bytes * 10) * 100  # milli-GPU, 10% steps
-                slice_ = f"MIG {mig}" if mig else f"a {share / 10:.0f}% GPU share"
-                out.append(
-                    Recommendation(
-                        kind="gpu-memory",
-                        namespace=pod.namespace,
-                        pod=pod.pod,
-                        current=f"1 x {gpu.product} ({gpu.memory_bytes / GIB:.0f} GiB)",
-                        recommended=slice_ + ("" if mig else f" (stowage.io/gpu-milli={share})"),
-                        reason=(
-                            f"peak GPU memory {gpu.memory_peak_bytes / GIB:.1f} GiB over "
-                            f"{hours:.1f} h, {gpu.memory_peak_bytes / gpu.memory_bytes:.0%} of "
-                            f"the GPU; with {MEMORY_MARGIN:.0%} headroom it fits"
-                        ),
-                        signal=signal,
-                        gpus=uuids,
-                    )
-                )
+        if pod.gpus and pod.observed_s >= min_window_s:
+            found = _judge(pod)
+            if found is not None:
+                out.append(found)
     return out
+
+
+def _judge(pod: PodUsage) -> Recommendation | None:
+    """The one recommendation for a pod observed long enough, if any."""
+    hours = pod.observed_s / 3600
+    held = len(pod.gpus)
+    idle = tuple(g.gpu_uuid for g in pod.gpus if g.activity_mean < IDLE_RATIO)
+
+    def make(kind: str, current: str, recommended: str, reason: str) -> Recommendation:
+        gpus = idle if kind == "gpu-count" else tuple(g.gpu_uuid for g in pod.gpus)
+        signal = _weakest(g.signal for g in pod.gpus)
+        return Recommendation(
+            kind, pod.namespace, pod.pod, current, recommended, reason, signal, gpus
+        )
+
+    if len(idle) == held:
+        busiest = max(g.activity_mean for g in pod.gpus)
+        return make(
+            "idle",
+            f"{held} GPU(s)",
+            "release the GPUs",
+            f"{held} GPU(s) held at under {IDLE_RATIO:.0%} activity for {hours:.1f} h "
+            f"(busiest GPU {busiest:.1%} on average)",
+        )
+    if idle:
+        return make(
+            "gpu-count",
+            f"{held} GPUs",
+            f"{held - len(idle)} GPU(s)",
+            f"{len(idle)} of its {held} GPUs stayed under {IDLE_RATIO:.0%} activity for "
+            f"{hours:.1f} h",
+        )
+    gpu = pod.gpus[0]
+    need = gpu.memory_peak_bytes * (1 + MEMORY_MARGIN)
+    if held > 1 or not gpu.memory_bytes or need > gpu.memory_bytes / 2:
+        return None
+    mig = mig_profile_for(gpu.product, need)
+    share = math.ceil(need / gpu.memory_bytes * 10) * 100  # milli-GPU, in 10% steps
+    return make(
+        "gpu-memory",
+        f"1 x {gpu.product} ({gpu.memory_bytes / GIB:.0f} GiB)",
+        f"MIG {mig}" if mig else f"a {share / 10:.0f}% GPU share (stowage.io/gpu-milli={share})",
+        f"peak GPU memory {gpu.memory_peak_bytes / GIB:.1f} GiB over {hours:.1f} h, "
+        f"{gpu.memory_peak_bytes / gpu.memory_bytes:.0%} of the GPU; with "
+        f"{MEMORY_MARGIN:.0%} headroom it fits",
+    )
