@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import structlog
@@ -33,6 +33,11 @@ from optimizer.store.forecasts import RESOLUTIONS
 from optimizer.store.models import Gpu, Node
 
 log = structlog.get_logger(__name__)
+
+
+#: The most steps a series is trained on: a week at 5 minutes, twelve weeks hourly (more
+#: history than that costs time and changes little: the models look a week back at most).
+MAX_STEPS: Final = 2016
 
 
 class DemandRecorder:
@@ -203,6 +208,7 @@ class ForecastTrainer:
             read = store.demand_series if metric == "gpu_demand" else store.activity_series
             # up to the last whole step: the one holding "now" is still filling
             until = now - timedelta(seconds=step_s)
+            since = max(since, until - timedelta(seconds=step_s * MAX_STEPS))
             series = read(session, scope=scope, step_s=step_s, since=since, until=until)
             capacity = store.capacity_now(session, scope=scope) if metric == "gpu_demand" else None
         if series is None:

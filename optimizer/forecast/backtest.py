@@ -105,13 +105,16 @@ def forecast_window(
     origins: IntArray = targets - horizon
     forecasts: dict[str, FloatArray] = {}
     skipped: dict[str, str] = {}
+    fits: dict[str, Fitted] = {}
     for name in names:
         try:
-            fitted: Fitted = MODELS.get_or_raise(name).fit(train, horizon=horizon, seed=seed)
+            fits[name] = MODELS.get_or_raise(name).fit(
+                train, horizon=horizon, seed=seed, fitted=fits
+            )
         except TooShortError as error:
             skipped[name] = str(error)
         else:
-            forecasts[name] = fitted.predict(full, origins)
+            forecasts[name] = fits[name].predict(full, origins)
         if progress:
             progress(1)
     return Window(start, series.values[start : start + length], forecasts, skipped)

@@ -11,13 +11,13 @@ two models it cannot tell apart.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import HuberRegressor, RidgeCV
 from sklearn.pipeline import make_pipeline
@@ -27,9 +27,14 @@ from optimizer.forecast.series import DAY_S, WEEK_S, FloatArray, Series
 from optimizer.planner.framework import Registry
 
 IntArray = npt.NDArray[np.int64]
+#: Steps ahead: one for every origin, or one per origin.
+Horizon = int | IntArray
 
 #: The fewest training rows a learned model is fitted on.
 MIN_TRAINING_ROWS: Final = 48
+#: The most: a longer history is thinned evenly (neighbouring origins of a smooth series
+#: teach the same thing; the span, and so every season, is kept).
+MAX_TRAINING_ROWS: Final = 1000
 
 
 class TooShortError(ValueError):
@@ -69,7 +74,7 @@ class History:
         low = np.maximum(origins + 1 - window, 0)
         return (self.cumsum[origins + 1] - self.cumsum[low]) / (origins + 1 - low)
 
-    def seasonal(self, origins: IntArray, horizon: int, season: int) -> FloatArray:
+    def seasonal(self, origins: IntArray, horizon: Horizon, season: int) -> FloatArray:
         """The value one or more whole seasons before each target that an origin has seen
         (the origin's own value where the history holds no such season)."""
         back = origins + horizon - season * -(-horizon // season)
@@ -83,12 +88,12 @@ class History:
 
 class Fitted(Protocol):
     def predict(
-        self, history: History, origins: IntArray, *, horizon: int | None = None
+        self, history: History, origins: IntArray, *, horizon: Horizon | None = None
     ) -> FloatArray:
         """Predictions of ``y[o + h]`` from the values up to each origin ``o``; with
-        ``horizon``, of ``y[o + horizon]`` by the model fitted for ``h`` (the calendar and
-        seasonal inputs computed for the actual target: how a forecast path fills the steps
-        between the horizons it fitted)."""
+        ``horizon`` (one, or one per origin), of ``y[o + horizon]`` by the model fitted for
+        ``h`` (the calendar and seasonal inputs computed for the actual target: how a
+        forecast path fills the steps between the horizons it fitted)."""
         ...
 
 
@@ -100,8 +105,17 @@ class Model(Protocol):
         """Simplicity: model selection prefers a lower rank among indistinguishable models."""
         ...
 
-    def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
-        """Fitted on targets inside ``history``; raises :class:`TooShortError`."""
+    def fit(
+        self,
+        history: History,
+        *,
+        horizon: int,
+        seed: int,
+        fitted: Mapping[str, Fitted] | None = None,
+    ) -> Fitted:
+        """Fitted on targets inside ``history``; raises :class:`TooShortError`. ``fitted``
+        holds other models already fitted on the same history and horizon (an ensemble
+        reuses its members')."""
         ...
 
 
@@ -112,11 +126,18 @@ MODELS: Final[Registry[Model]] = Registry("forecast model")
 class _Persistence:
     rank: int = 0
 
-    def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
+    def fit(
+        self,
+        history: History,
+        *,
+        horizon: int,
+        seed: int,
+        fitted: Mapping[str, Fitted] | None = None,
+    ) -> Fitted:
         return self
 
     def predict(
-        self, history: History, origins: IntArray, *, horizon: int | None = None
+        self, history: History, origins: IntArray, *, horizon: Horizon | None = None
     ) -> FloatArray:
         return history.filled[origins]
 
@@ -126,7 +147,14 @@ class _SeasonalNaive:
     period_s: int
     rank: int = 1
 
-    def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
+    def fit(
+        self,
+        history: History,
+        *,
+        horizon: int,
+        seed: int,
+        fitted: Mapping[str, Fitted] | None = None,
+    ) -> Fitted:
         season = history.series.steps(self.period_s)
         if season < 2 or len(history.raw) <= season:
             raise TooShortError(f"needs more than one season ({season} steps) of history")
@@ -139,9 +167,9 @@ class _SeasonalFit:
     horizon: int
 
     def predict(
-        self, history: History, origins: IntArray, *, horizon: int | None = None
+        self, history: History, origins: IntArray, *, horizon: Horizon | None = None
     ) -> FloatArray:
-        return history.seasonal(origins, horizon or self.horizon, self.season)
+        return history.seasonal(origins, self.horizon if horizon is None else horizon, self.season)
 
 
 @dataclass(frozen=True)
@@ -149,7 +177,14 @@ class _RollingMean:
     window_s: int
     rank: int = 2
 
-    def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
+    def fit(
+        self,
+        history: History,
+        *,
+        horizon: int,
+        seed: int,
+        fitted: Mapping[str, Fitted] | None = None,
+    ) -> Fitted:
         window = history.series.steps(self.window_s)
         if len(history.raw) < window:
             raise TooShortError(f"needs one window ({window} steps) of history")
@@ -161,7 +196,7 @@ class _RollingFit:
     window: int
 
     def predict(
-        self, history: History, origins: IntArray, *, horizon: int | None = None
+        self, history: History, origins: IntArray, *, horizon: Horizon | None = None
     ) -> FloatArray:
         return history.mean(origins, self.window)
 
@@ -197,7 +232,7 @@ def choose_inputs(history: History, *, horizon: int) -> Inputs:
     return Inputs(tuple(sorted(lag for lag in candidates if lag <= usable)), tuple(periods))
 
 
-def features(history: History, origins: IntArray, horizon: int, inputs: Inputs) -> FloatArray:
+def features(history: History, origins: IntArray, horizon: Horizon, inputs: Inputs) -> FloatArray:
     """The learned models' inputs at each origin: changes against lagged values, rolling
     means and the seasonal naive forecasts, and Fourier terms of the target's time of day and
     week. All but the calendar are relative to the origin's value."""
@@ -225,7 +260,14 @@ class _ChangeModel:
     make: Callable[[int], object]
     rank: int
 
-    def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
+    def fit(
+        self,
+        history: History,
+        *,
+        horizon: int,
+        seed: int,
+        fitted: Mapping[str, Fitted] | None = None,
+    ) -> Fitted:
         n = len(history.raw)
         inputs = choose_inputs(history, horizon=horizon)
         if not inputs.lags:
@@ -233,6 +275,8 @@ class _ChangeModel:
                 f"needs {MIN_TRAINING_ROWS + horizon + 1} steps of history at horizon {horizon}"
             )
         origins = np.arange(max(inputs.lags), n - horizon, dtype=np.int64)
+        stride = -(-len(origins) // MAX_TRAINING_ROWS)
+        origins = origins[::-1][::stride][::-1]  # every stride-th, the newest kept
         target = history.raw[origins + horizon] - history.raw[origins]
         keep = np.isfinite(target)
         if keep.sum() < MIN_TRAINING_ROWS:
@@ -252,9 +296,9 @@ class _ChangeFit:
     inputs: Inputs
 
     def predict(
-        self, history: History, origins: IntArray, *, horizon: int | None = None
+        self, history: History, origins: IntArray, *, horizon: Horizon | None = None
     ) -> FloatArray:
-        x = features(history, origins, horizon or self.horizon, self.inputs)
+        x = features(history, origins, self.horizon if horizon is None else horizon, self.inputs)
         change: FloatArray = self.regressor.predict(x)  # type: ignore[attr-defined]
         return history.filled[origins] + change
 
@@ -292,10 +336,12 @@ def _huber(seed: int) -> object:
 
 def _boosting(seed: int) -> object:
     return _Winsorised(
-        HistGradientBoostingRegressor(
-            learning_rate=0.1,
-            max_iter=100,
-            max_leaf_nodes=15,
+        GradientBoostingRegressor(
+            learning_rate=0.25,
+            n_estimators=30,
+            max_depth=3,
+            subsample=0.5,
+            max_features=0.5,
             min_samples_leaf=20,
             random_state=seed,
         )
@@ -309,9 +355,20 @@ class _Ensemble:
     members: tuple[str, ...]
     rank: int = 6
 
-    def fit(self, history: History, *, horizon: int, seed: int) -> Fitted:
+    def fit(
+        self,
+        history: History,
+        *,
+        horizon: int,
+        seed: int,
+        fitted: Mapping[str, Fitted] | None = None,
+    ) -> Fitted:
+        done = fitted or {}
         fits = [
-            MODELS.get_or_raise(m).fit(history, horizon=horizon, seed=seed) for m in self.members
+            done[m]
+            if m in done
+            else MODELS.get_or_raise(m).fit(history, horizon=horizon, seed=seed)
+            for m in self.members
         ]
         return _EnsembleFit(tuple(fits))
 
@@ -321,7 +378,7 @@ class _EnsembleFit:
     fits: tuple[Fitted, ...]
 
     def predict(
-        self, history: History, origins: IntArray, *, horizon: int | None = None
+        self, history: History, origins: IntArray, *, horizon: Horizon | None = None
     ) -> FloatArray:
         forecasts = [f.predict(history, origins, horizon=horizon) for f in self.fits]
         result: FloatArray = np.mean(forecasts, axis=0)

@@ -1,6 +1,6 @@
 """Forecasts from the end of a series: p10, p50 and p90 for every step up to a horizon.
 
-Per anchor horizon (1, 2, 4, … steps and the horizon itself) the model is selected as in
+Per anchor horizon (1, 4, 16, … steps and the horizon itself) the model is selected as in
 :func:`backtest.select` on the last week (or what the history allows), refitted on the whole
 history, and its interval offsets are the conformal offsets of its validation residuals.
 Each step up to an anchor is forecast by that anchor's model with the step's own calendar
@@ -50,8 +50,9 @@ class Forecast:
 
 
 def anchor_horizons(horizon: int) -> list[int]:
-    """1, 2, 4, … below ``horizon``, and ``horizon``."""
-    anchors = [1 << k for k in range(horizon.bit_length()) if 1 << k < horizon]
+    """1, 4, 16, … below ``horizon``, and ``horizon``: a direct fit every factor of four,
+    each step forecast by the next anchor's model."""
+    anchors = [4**k for k in range(horizon.bit_length()) if 4**k < horizon]
     return [*anchors, horizon]
 
 
@@ -62,7 +63,6 @@ def forecast(series: Series, *, horizon: int, seed: int = 0) -> Forecast:
         raise ValueError("the horizon must be at least one step")
     history = History(series)
     last = len(series) - 1
-    origin = np.array([last], dtype=np.int64)
     choices: list[AnchorChoice] = []
     fits: list[tuple[Fitted, float, float]] = []
     for h in anchor_horizons(horizon):
@@ -72,10 +72,14 @@ def forecast(series: Series, *, horizon: int, seed: int = 0) -> Forecast:
     points = []
     previous = 0
     for choice, (fitted, low, high) in zip(choices, fits, strict=True):
-        for step in range(previous + 1, choice.horizon + 1):
-            p50 = float(fitted.predict(history, origin, horizon=step)[0])
+        steps = np.arange(previous + 1, choice.horizon + 1, dtype=np.int64)
+        origins = np.full(len(steps), last, dtype=np.int64)
+        for step, value in zip(steps, fitted.predict(history, origins, horizon=steps), strict=True):
+            p50 = float(value)
             points.append(
-                Point(time_s=series.time_s(last + step), p10=p50 + low, p50=p50, p90=p50 + high)
+                Point(
+                    time_s=series.time_s(last + int(step)), p10=p50 + low, p50=p50, p90=p50 + high
+                )
             )
         previous = choice.horizon
     return Forecast(step_s=series.step_s, points=points, anchors=choices)

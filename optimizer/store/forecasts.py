@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Integer, delete, func, select
 from sqlalchemy.orm import Session
 
 from optimizer.forecast.demand import CLUSTER, Demand
@@ -47,19 +47,29 @@ def demand_scopes(session: Session, *, since: datetime) -> list[str]:
     return sorted(rows)
 
 
+def _epoch_s(session: Session, column: Any) -> Any:
+    """Seconds since the epoch of a UTC datetime column, in SQL (SQLite stores it naive)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return func.cast(func.strftime("%s", column), Integer)
+    return func.extract("epoch", column)
+
+
 def demand_series(
     session: Session, *, scope: str, step_s: int, since: datetime, until: datetime
 ) -> Series | None:
-    """Allocated + pending GPUs of ``scope``, the mean per step; None: no sample there."""
+    """Allocated + pending GPUs of ``scope``, the mean per step (averaged in the database:
+    one row per step comes back, not one per sample); None: no sample there."""
+    bucket = func.floor(_epoch_s(session, DemandSample.at) / step_s)
     rows = session.execute(
-        select(DemandSample.at, DemandSample.allocated_gpus + DemandSample.pending_gpus)
+        select(bucket, func.avg(DemandSample.allocated_gpus + DemandSample.pending_gpus))
         .where(DemandSample.scope == scope, DemandSample.at >= since, DemandSample.at <= until)
-        .order_by(DemandSample.at)
+        .group_by(bucket)
+        .order_by(bucket)
     ).all()
     if not rows:
         return None
     return resample(
-        [r[0].timestamp() for r in rows],
+        [float(r[0]) * step_s for r in rows],
         [float(r[1]) for r in rows],
         step_s=step_s,
         until_s=until.timestamp(),

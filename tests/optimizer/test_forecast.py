@@ -237,7 +237,8 @@ def test_backtest_too_short_is_an_error() -> None:
 
 def test_anchor_horizons() -> None:
     assert anchor_horizons(1) == [1]
-    assert anchor_horizons(24) == [1, 2, 4, 8, 16, 24]
+    assert anchor_horizons(24) == [1, 4, 16, 24]
+    assert anchor_horizons(16) == [1, 4, 16]
 
 
 def test_forecast_of_a_daily_wave_follows_the_wave() -> None:
