@@ -109,6 +109,7 @@ def forecast_payload(
                 "model": a.model,
                 "reason": a.reason,
                 "validation_mae": a.validation_mae,
+                "validation_mae_by_model": a.scores,
             }
             for a in result.anchors
         ],

@@ -33,13 +33,14 @@ class Point:
 
 @dataclass(frozen=True)
 class AnchorChoice:
-    """The model chosen at one horizon (steps), why, and its validation MAE (``None``: there
-    was nothing to validate on)."""
+    """The model chosen at one horizon (steps), why, its validation MAE (``None``: there was
+    nothing to validate on) and every candidate's (the backtest selection saw)."""
 
     horizon: int
     model: str
     reason: str
     validation_mae: float | None
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,12 +107,17 @@ def _anchor(
     name, reason = select(window)
     if len(window.forecasts) == 1:
         reason = _fallback(series, horizon, "fit any other model")
+    seen = np.isfinite(window.actuals)
+    scores = {
+        model: round(float(np.mean(np.abs(window.actuals[seen] - forecast[seen]))), 6)
+        for model, forecast in window.forecasts.items()
+        if seen.any()
+    }
     residuals = window.actuals - window.forecasts[name]
-    seen = np.isfinite(residuals)
-    mae = float(np.mean(np.abs(residuals[seen]))) if seen.any() else None
     fitted = MODELS.get_or_raise(name).fit(history, horizon=horizon, seed=seed)
     bounds = offsets(residuals)
-    return AnchorChoice(horizon, name, reason, mae), (fitted, bounds.low, bounds.high)
+    choice = AnchorChoice(horizon, name, reason, scores.get(name), scores)
+    return choice, (fitted, bounds.low, bounds.high)
 
 
 def _fallback(series: Series, horizon: int, what: str) -> str:

@@ -206,6 +206,10 @@ def test_trainer_stores_forecasts_on_schedule(engine: Engine, clock: WallClock) 
     assert all(p["p10"] <= p["p50"] <= p["p90"] for p in points)
     assert row.payload["capacity_gpus"] == 64
     assert {m["model"] for m in row.payload["models"]} <= set(MODELS.names())
+    for anchor in row.payload["models"]:  # every candidate's score, the chosen one's among them
+        scores = anchor["validation_mae_by_model"]
+        assert anchor["validation_mae"] == scores[anchor["model"]]
+        assert "persistence" in scores
 
 
 def test_trainer_forecasts_a_short_history_by_persistence_and_says_so(
