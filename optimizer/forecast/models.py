@@ -122,30 +122,19 @@ class Model(Protocol):
 MODELS: Final[Registry[Model]] = Registry("forecast model")
 
 
-@dataclass(frozen=True)
-class _Persistence:
-    rank: int = 0
-
-    def fit(
-        self,
-        history: History,
-        *,
-        horizon: int,
-        seed: int,
-        fitted: Mapping[str, Fitted] | None = None,
-    ) -> Fitted:
-        return self
-
-    def predict(
-        self, history: History, origins: IntArray, *, horizon: Horizon | None = None
-    ) -> FloatArray:
-        return history.filled[origins]
+#: A baseline's rule: the forecast at ``origins`` for ``horizon`` from ``season`` (steps:
+#: the period or window it looks back over; 0 for none).
+Rule = Callable[[History, IntArray, Horizon, int], FloatArray]
 
 
 @dataclass(frozen=True)
-class _SeasonalNaive:
+class _Baseline:
+    """A model with nothing to learn: a rule over the history, which needs more than
+    ``period_s`` of it (one season or window) to apply."""
+
+    rule: Rule
     period_s: int
-    rank: int = 1
+    rank: int
 
     def fit(
         self,
@@ -155,50 +144,36 @@ class _SeasonalNaive:
         seed: int,
         fitted: Mapping[str, Fitted] | None = None,
     ) -> Fitted:
-        season = history.series.steps(self.period_s)
-        if season < 2 or len(history.raw) <= season:
+        season = history.series.steps(self.period_s) if self.period_s else 0
+        if self.period_s and (season < 2 or len(history.raw) <= season):
             raise TooShortError(f"needs more than one season ({season} steps) of history")
-        return _SeasonalFit(season=season, horizon=horizon)
+        return _BaselineFit(self.rule, season, horizon)
 
 
 @dataclass(frozen=True)
-class _SeasonalFit:
+class _BaselineFit:
+    rule: Rule
     season: int
     horizon: int
 
     def predict(
         self, history: History, origins: IntArray, *, horizon: Horizon | None = None
     ) -> FloatArray:
-        return history.seasonal(origins, self.horizon if horizon is None else horizon, self.season)
+        return self.rule(
+            history, origins, self.horizon if horizon is None else horizon, self.season
+        )
 
 
-@dataclass(frozen=True)
-class _RollingMean:
-    window_s: int
-    rank: int = 2
-
-    def fit(
-        self,
-        history: History,
-        *,
-        horizon: int,
-        seed: int,
-        fitted: Mapping[str, Fitted] | None = None,
-    ) -> Fitted:
-        window = history.series.steps(self.window_s)
-        if len(history.raw) < window:
-            raise TooShortError(f"needs one window ({window} steps) of history")
-        return _RollingFit(window)
+def _last(history: History, origins: IntArray, horizon: Horizon, season: int) -> FloatArray:
+    return history.filled[origins]
 
 
-@dataclass(frozen=True)
-class _RollingFit:
-    window: int
+def _same_time(history: History, origins: IntArray, horizon: Horizon, season: int) -> FloatArray:
+    return history.seasonal(origins, horizon, season)
 
-    def predict(
-        self, history: History, origins: IntArray, *, horizon: Horizon | None = None
-    ) -> FloatArray:
-        return history.mean(origins, self.window)
+
+def _mean(history: History, origins: IntArray, horizon: Horizon, season: int) -> FloatArray:
+    return history.mean(origins, season)
 
 
 @dataclass(frozen=True)
@@ -387,11 +362,11 @@ class _EnsembleFit:
 
 PERSISTENCE: Final = "persistence"
 
-MODELS.register(PERSISTENCE, _Persistence())
-MODELS.register("seasonal-naive-daily", _SeasonalNaive(DAY_S))
-MODELS.register("seasonal-naive-weekly", _SeasonalNaive(WEEK_S))
-MODELS.register("rolling-mean-daily", _RollingMean(DAY_S))
-MODELS.register("rolling-mean-weekly", _RollingMean(WEEK_S))
+MODELS.register(PERSISTENCE, _Baseline(_last, 0, rank=0))
+MODELS.register("seasonal-naive-daily", _Baseline(_same_time, DAY_S, rank=1))
+MODELS.register("seasonal-naive-weekly", _Baseline(_same_time, WEEK_S, rank=1))
+MODELS.register("rolling-mean-daily", _Baseline(_mean, DAY_S, rank=2))
+MODELS.register("rolling-mean-weekly", _Baseline(_mean, WEEK_S, rank=2))
 MODELS.register("fourier-ridge", _ChangeModel(_ridge, rank=3))
 MODELS.register("fourier-huber", _ChangeModel(_huber, rank=4))
 MODELS.register("boosted-change", _ChangeModel(_boosting, rank=5))
