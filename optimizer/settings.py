@@ -246,6 +246,13 @@ class OptimizerSettings(BaseSettings):
         default=3600.0,
         description="A pod is judged (idle, fewer GPUs, a smaller slice) once observed this long.",
     )
+    idle_reclaim_after_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="With a positive value, the leader evicts pods in opted-in namespaces "
+        "whose every GPU stayed under 5% activity this long (audited; dry run first with "
+        "STOWAGE_CONTROLLER=dry-run; 0: never).",
+    )
     request_shapes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
         default=[8, 4, 2],
         description="GPUs per pod of the request shapes used to count fragmented GPUs.",

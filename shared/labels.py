@@ -47,6 +47,8 @@ QUEUE: Final = PREFIX + "queue"
 #: When the job last saved a checkpoint (RFC 3339), written by the job on any of its pods:
 #: preemption counts only the work since then as lost.
 LAST_CHECKPOINT: Final = PREFIX + "last-checkpoint"
+#: ``"false"`` on a pod: never evict it for holding idle GPUs (STOWAGE_IDLE_RECLAIM_AFTER_S).
+IDLE_RECLAIM: Final = PREFIX + "idle-reclaim"
 #: On a JobSet: ``jobset`` (one gang, the default) or ``replicated-job`` (one per replicated job).
 GANG_SCOPE: Final = PREFIX + "gang-scope"
 TOPOLOGY_REQUIRED: Final = PREFIX + "topology-required"

@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 
 from optimizer.controller.admission import GangAdmitter
 from optimizer.controller.audit import StoreAudit
-from optimizer.controller.cache import ClusterView
+from optimizer.controller.cache import ClusterView, LiveView
 from optimizer.controller.forecasting import DemandRecorder, ForecastTrainer
+from optimizer.controller.idle import IdleReclaimer
 from optimizer.controller.kube import KubeApi
 from optimizer.controller.leader import LeaderElector
 from optimizer.controller.node_labels import NodeLabeller
@@ -92,6 +93,15 @@ class Controller:
             fair_share_half_life=timedelta(seconds=settings.fair_share_half_life_s),
         )
 
+        self.idle = IdleReclaimer(
+            api,
+            engine,
+            audit,
+            clock=clock,
+            grace=timedelta(seconds=settings.idle_reclaim_after_s),
+            dry_run=dry_run,
+            view=view or LiveView(api),
+        )
         self.demand = DemandRecorder(
             engine, clock=clock, interval=timedelta(seconds=settings.demand_sample_s)
         )
@@ -123,6 +133,7 @@ class Controller:
                 self.admitter.cycle()
                 if self.admitter.last_snapshot is not None:
                     self.demand.maybe_record(self.admitter.last_snapshot)
+                self.idle.maybe_run()
         except Exception:
             log.exception("controller cycle failed; the next one starts afresh")
         return True
