@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 
@@ -153,7 +154,33 @@ def select(window: Window) -> tuple[str, str]:
     return best, f"lowest validation MAE ({best_mae:.4g})"
 
 
+#: The mean of the three models with the lowest validation MAE: a candidate built by
+#: selection itself (forecast combinations are robust where single models' ranks change
+#: from one week to the next), the most complex of all.
+COMBINATION: Final = "combination"
+COMBINED: Final = 3
+
+
+def add_combination(validation: Window, *others: Window) -> list[str]:
+    """Add the combination's forecasts to ``validation`` and to each of ``others`` (windows
+    forecast by the same models); returns its members (none: fewer than three fitted)."""
+    seen = np.isfinite(validation.actuals)
+    if len(validation.forecasts) < COMBINED or not seen.any():
+        return []
+    mae = {
+        name: float(np.mean(np.abs(validation.actuals[seen] - forecast[seen])))
+        for name, forecast in validation.forecasts.items()
+    }
+    members = sorted(mae, key=lambda name: (mae[name], _rank(name)))[:COMBINED]
+    for window in (validation, *others):
+        if all(m in window.forecasts for m in members):
+            window.forecasts[COMBINATION] = np.mean([window.forecasts[m] for m in members], axis=0)
+    return members
+
+
 def _rank(name: str) -> int:
+    if name == COMBINATION:
+        return max(MODELS.get_or_raise(m).rank for m in MODELS.names()) + 1
     return MODELS.get_or_raise(name).rank
 
 
@@ -184,7 +211,12 @@ def backtest(
     common = {"horizon": horizon, "names": names, "seed": seed, "progress": progress}
     validation = forecast_window(series, start=validation_start, length=test, **common)  # type: ignore[arg-type]
     held_out = forecast_window(series, start=len(series) - test, length=test, **common)  # type: ignore[arg-type]
+    members = add_combination(validation, held_out)
+    if members:
+        names.append(COMBINATION)
     selected, reason = select(validation)
+    if selected == COMBINATION:
+        reason += f"; the mean of {', '.join(members)}"
     if selected not in held_out.forecasts:
         reason = f"{selected} cannot be fitted on the full history; persistence used"
         selected = PERSISTENCE

@@ -345,11 +345,11 @@ class _Ensemble:
             else MODELS.get_or_raise(m).fit(history, horizon=horizon, seed=seed)
             for m in self.members
         ]
-        return _EnsembleFit(tuple(fits))
+        return EnsembleFit(tuple(fits))
 
 
 @dataclass(frozen=True)
-class _EnsembleFit:
+class EnsembleFit:
     fits: tuple[Fitted, ...]
 
     def predict(

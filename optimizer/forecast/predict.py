@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from optimizer.forecast.backtest import forecast_window, select
+from optimizer.forecast.backtest import COMBINATION, add_combination, forecast_window, select
 from optimizer.forecast.conformal import offsets
-from optimizer.forecast.models import MODELS, PERSISTENCE, Fitted, History
+from optimizer.forecast.models import MODELS, PERSISTENCE, EnsembleFit, Fitted, History
 from optimizer.forecast.series import DAY_S, WEEK_S, Series
 
 
@@ -104,6 +104,7 @@ def _anchor(
         seed=seed,
         progress=None,
     )
+    members = add_combination(window)
     name, reason = select(window)
     if len(window.forecasts) == 1:
         reason = _fallback(series, horizon, "fit any other model")
@@ -114,7 +115,13 @@ def _anchor(
         if seen.any()
     }
     residuals = window.actuals - window.forecasts[name]
-    fitted = MODELS.get_or_raise(name).fit(history, horizon=horizon, seed=seed)
+    if name == COMBINATION:
+        reason += f"; the mean of {', '.join(members)}"
+        fitted: Fitted = EnsembleFit(
+            tuple(MODELS.get_or_raise(m).fit(history, horizon=horizon, seed=seed) for m in members)
+        )
+    else:
+        fitted = MODELS.get_or_raise(name).fit(history, horizon=horizon, seed=seed)
     bounds = offsets(residuals)
     choice = AnchorChoice(horizon, name, reason, scores.get(name), scores)
     return choice, (fitted, bounds.low, bounds.high)

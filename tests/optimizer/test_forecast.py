@@ -11,7 +11,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optimizer.forecast.backtest import BacktestError, backtest
+from optimizer.forecast.backtest import (
+    COMBINATION,
+    BacktestError,
+    Window,
+    add_combination,
+    backtest,
+    select,
+)
 from optimizer.forecast.conformal import offsets, pinball, rolling_intervals
 from optimizer.forecast.models import MODELS, History
 from optimizer.forecast.predict import anchor_horizons, forecast
@@ -217,6 +224,37 @@ def test_seasonal_series_selects_a_seasonal_model() -> None:
     assert result.selected != "persistence"
     assert chosen.mae_vs_persistence < 0.3
     assert 0.6 <= chosen.coverage_80 <= 1.0
+
+
+def test_the_combination_averages_the_three_best_on_validation() -> None:
+    actuals = np.array([10.0, 10.0, 10.0, 10.0])
+    window = Window(
+        start=0,
+        actuals=actuals,
+        forecasts={
+            "persistence": actuals + 1,  # MAE 1
+            "rolling-mean-daily": actuals - 2,  # MAE 2
+            "fourier-ridge": actuals + 3,  # MAE 3
+            "boosted-change": actuals + 9,  # MAE 9: left out
+        },
+        skipped={},
+    )
+    other = Window(start=4, actuals=actuals, forecasts=dict(window.forecasts), skipped={})
+    members = add_combination(window, other)
+    assert members == ["persistence", "rolling-mean-daily", "fourier-ridge"]
+    np.testing.assert_allclose(window.forecasts[COMBINATION], actuals + 2 / 3)
+    np.testing.assert_allclose(other.forecasts[COMBINATION], actuals + 2 / 3)
+    # the combination beats every member by a margin with no noise in it: the
+    # one-standard-error rule has no simpler model to fall back to
+    name, _ = select(window)
+    assert name == COMBINATION
+
+
+def test_no_combination_of_fewer_than_three() -> None:
+    actuals = np.ones(3)
+    window = Window(start=0, actuals=actuals, forecasts={"persistence": actuals}, skipped={})
+    assert add_combination(window) == []
+    assert COMBINATION not in window.forecasts
 
 
 def test_backtest_skips_models_the_history_cannot_fit() -> None:
