@@ -81,6 +81,7 @@ class Collector:
         self._links_lost: frozenset[int] = frozenset()  # lost GPUs when links were derived
         self._event_set: Any = None
         self._sequence = 0
+        self._lost_logged: set[int] = set()  # GPUs lost before discovery, logged once each
         self.latest: Collection | None = None
 
     def start(self) -> None:
@@ -152,7 +153,9 @@ class Collector:
             try:
                 infos.append(device.info())
             except GpuLostError:
-                log.warning("gpu_lost_before_discovery", node=self.node_name, gpu=device.index)
+                if device.index not in self._lost_logged:
+                    self._lost_logged.add(device.index)
+                    log.warning("gpu_lost_before_discovery", node=self.node_name, gpu=device.index)
         return infos
 
     def _known(self, infos: list[GpuInfo]) -> list[GpuDevice]:

@@ -9,6 +9,7 @@ from typing import Any
 import pynvml
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
 from agent.collector import Collector
 from agent.fake.nvml import FakeNvml
@@ -210,9 +211,15 @@ def test_a_gpu_lost_before_discovery_is_left_out(tmp_path: Path) -> None:
     profile = load_profile("dgx-a100")
     clock = ManualClock(start=500.0)  # past the scripted loss of GPU 6
     collector, _ = fake_collector(profile, tmp_path, clock=clock)
-    report = collector.collect().report
+    with capture_logs() as logs:
+        report = collector.collect().report
+        for _ in range(3):
+            clock.advance(10)
+            collector.collect()
     assert [g.index for g in report.gpus] == [0, 1, 2, 3, 4, 5, 7]
     assert all(lk.gpu_a != 6 and lk.gpu_b != 6 for lk in report.links)
+    lost = [e for e in logs if e["event"] == "gpu_lost_before_discovery"]
+    assert [e["gpu"] for e in lost] == [6]  # said once, not on every collect
 
 
 def test_mig_devices_are_reported(tmp_path: Path) -> None:
