@@ -199,7 +199,11 @@ class WorkloadUsage(Base):
     #: The process's share of SM time (NVML per-process utilisation; None where unknown).
     sm_util_ratio: Mapped[float | None] = mapped_column(Float)
 
-    __table_args__ = (Index("ix_workload_usage_pod", "namespace", "pod", "at"),)
+    __table_args__ = (
+        Index("ix_workload_usage_pod", "namespace", "pod", "at"),
+        # right-sizing reads a recent window of every pod
+        Index("ix_workload_usage_at", "at"),
+    )
 
 
 class AuditEntry(Base):

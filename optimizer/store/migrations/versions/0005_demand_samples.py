@@ -34,10 +34,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("sm_active_ratio", sa.Float(), nullable=True))
     with op.batch_alter_table("workload_usage", schema=None) as batch_op:
         batch_op.add_column(sa.Column("sm_util_ratio", sa.Float(), nullable=True))
+        batch_op.create_index("ix_workload_usage_at", ["at"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("workload_usage", schema=None) as batch_op:
+        batch_op.drop_index("ix_workload_usage_at")
         batch_op.drop_column("sm_util_ratio")
     with op.batch_alter_table("samples", schema=None) as batch_op:
         batch_op.drop_column("sm_active_ratio")
