@@ -42,6 +42,7 @@ from optimizer.controller.commit import (
     Committer,
     Outcome,
 )
+from optimizer.controller.durations import DurationModel
 from optimizer.controller.frameworks import frameworks_of
 from optimizer.controller.kube import KubeApi, KubeError, NotFoundError, TooManyRequestsError
 from optimizer.controller.observe import Observed, OpenIntent, observe, pod_info
@@ -138,6 +139,7 @@ class GangAdmitter:
         self._statuses: dict[tuple[str, str], GangStatus] = {}
         self._queue_written: dict[str, dict[str, Any]] = {}
         self._history = UsageHistory(fair_share_half_life.total_seconds())
+        self._durations = DurationModel(engine, clock=clock)
 
     def cycle(self) -> list[Outcome]:
         """Recover, observe, plan, commit; returns one outcome per managed gang seen."""
@@ -227,6 +229,7 @@ class GangAdmitter:
             now=now,
             volcano_groups=self._api.list_volcano_pod_groups(),
             owners=self._api.list_job_owners(frameworks) if frameworks else (),
+            durations=self._durations.current(),
         )
         if self._history.half_life_s > 0 and observed.snapshot.queues:
             history = self._history.update(bound_usage(observed.snapshot), now.timestamp())

@@ -20,7 +20,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import structlog
@@ -28,6 +28,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from optimizer.controller.audit import Audit
+from optimizer.controller.errors import SpecError
 from optimizer.controller.kube import (
     POD_GROUP_GROUP,
     POD_GROUP_VERSION,
@@ -37,17 +38,18 @@ from optimizer.controller.kube import (
     NotFoundError,
     TooManyRequestsError,
 )
-from optimizer.controller.observe import GangView, Observed, finished
+from optimizer.controller.observe import GangView, Observed, api_seconds, finished
 from optimizer.controller.pods import (
     GangSpec,
     declared_gang,
     is_gated,
     pin_patch,
     pinned_node,
+    pod_request,
     ungate_patch,
 )
 from optimizer.planner.plan import Admit, Evict, Invalid, Plan
-from optimizer.store.models import GangIntent, GangStatus
+from optimizer.store.models import GangIntent, GangStatus, JobRun
 
 log = structlog.get_logger(__name__)
 
@@ -378,7 +380,42 @@ class Committer:
                 f"{phases.count('Succeeded')} succeeded, {phases.count('Failed')} failed"
             )
             self._set_status(gang, phase, message, now, None)
+            if phase in (SUCCEEDED, FAILED):
+                self._record_run(gang, phase, now)
         return Outcome(spec.namespace, spec.name, phase, message)
+
+    def _record_run(self, gang: GangView, phase: str, now: datetime) -> None:
+        """A gang that just ended, for run-time predictions: from its first pod's start to
+        its last container's end (now when the kubelet gave no end)."""
+        starts = [api_seconds((p.get("status") or {}).get("startTime")) for p in gang.members]
+        ends = [
+            api_seconds(((c.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+            for p in gang.members
+            for c in (p.get("status") or {}).get("containerStatuses") or ()
+        ]
+        first = min((t for t in starts if t is not None), default=None)
+        if first is None:
+            return  # it never started as far as the API says: nothing to learn
+        started = datetime.fromtimestamp(first, UTC)
+        last = max((t for t in ends if t is not None), default=None)
+        finished = now if last is None else datetime.fromtimestamp(last, UTC)
+        try:
+            gpus = sum(pod_request(p).gpu_request_milli for p in gang.members) / 1000
+        except SpecError:
+            return
+        with Session(self._engine) as session, session.begin():
+            session.add(
+                JobRun(
+                    namespace=gang.spec.namespace,
+                    gang=gang.spec.name,
+                    queue=gang.spec.queue,
+                    gpus=gpus,
+                    pods=len(gang.members),
+                    started_at=started,
+                    finished_at=max(finished, started),
+                    phase=phase,
+                )
+            )
 
     def forget(self, key: tuple[str, str], now: datetime, reason: str) -> None:
         """After a rollback: the gang waits again, with the reason, and is planned anew."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from optimizer.controller.errors import SpecError
 from optimizer.controller.frameworks import index_owners
@@ -60,6 +60,9 @@ from optimizer.planner.snapshot import (
     build_snapshot,
 )
 from shared.report import NodeReport
+
+if TYPE_CHECKING:
+    from optimizer.controller.durations import Predict
 
 GPU_PRODUCT_LABELS: Final = ("stowage.io/gpu.product", "nvidia.com/gpu.product")
 _READ_ERRORS: Final = (KeyError, TypeError, ValueError, AttributeError, ArithmeticError)
@@ -274,6 +277,7 @@ def observe(
     now: datetime | None = None,
     volcano_groups: Iterable[Any] = (),
     owners: Iterable[Any] = (),
+    durations: Predict | None = None,
 ) -> Observed:
     """Read the cluster into the cycle's snapshot.
 
@@ -290,6 +294,8 @@ def observe(
         volcano_groups: Volcano PodGroups (scheduling.volcano.sh/v1beta1).
         owners: job framework objects (PyTorchJob, MPIJob, JobSet, LeaderWorkerSet) whose
             pods form gangs (:mod:`optimizer.controller.frameworks`).
+        durations: predicts a job's remaining run time from finished ones where it declares
+            no ``stowage.io/runtime-estimate`` (:mod:`optimizer.controller.durations`).
     """
     now_s = (now or datetime.now(UTC)).timestamp()
     reports = reports or {}
@@ -387,7 +393,7 @@ def observe(
                     terminating,
                     queue,
                     plain,
-                    _seconds(info.created) if plain else None,
+                    api_seconds(info.created) if plain else None,
                 )
             )
         elif gang_key is None and not spec.get("schedulingGates") and not terminating:
@@ -447,11 +453,15 @@ def observe(
                 queue=view.spec.queue,
                 priority=max(m.priority for m in members),
                 created=created,
-                submitted_s=_seconds(created) or now_s,
-                duration_s=_estimate(waiting),
+                submitted_s=api_seconds(created) or now_s,
+                duration_s=_estimate(waiting)
+                if not durations
+                else _estimate(waiting) or durations(view.spec.queue, _gpus(members[:need]), 0.0),
             )
         )
-    running = [_running(view, infos_by_uid, now_s) for view in gangs.values() if not view.gated]
+    running = [
+        _running(view, infos_by_uid, now_s, durations) for view in gangs.values() if not view.gated
+    ]
 
     ordered = sorted(facts, key=lambda f: f.name)
     base = build_snapshot(
@@ -485,7 +495,7 @@ def _by_key(objects: Iterable[Any], invalid: list[Invalid]) -> dict[tuple[str, s
     return out
 
 
-def _seconds(timestamp: str | None) -> float | None:
+def api_seconds(timestamp: str | None) -> float | None:
     """An API timestamp (RFC 3339) as epoch seconds; None when absent or unreadable."""
     if not timestamp:
         return None
@@ -501,7 +511,13 @@ def _estimate(pods: Iterable[Mapping[str, Any]]) -> float | None:
     return max(found) if found else None
 
 
-def _running(view: GangView, infos: Mapping[str, PodInfo], now_s: float) -> Job | None:
+def _gpus(members: Iterable[PodInfo]) -> float:
+    return sum(m.request.gpu_request_milli for m in members) / 1000
+
+
+def _running(
+    view: GangView, infos: Mapping[str, PodInfo], now_s: float, durations: Predict | None
+) -> Job | None:
     """A released gang as the planner's running job: when it started, how long it is
     expected to go on (from its runtime estimate), its last checkpoint (the latest any
     member reports) and, when elastic, the minimum it may shrink to; for backfill and
@@ -510,7 +526,7 @@ def _running(view: GangView, infos: Mapping[str, PodInfo], now_s: float) -> Job 
     if not live:
         return None
     estimate = _estimate(live)  # every estimate was read once already
-    starts = [_seconds((p.get("status") or {}).get("startTime")) for p in live]
+    starts = [api_seconds((p.get("status") or {}).get("startTime")) for p in live]
     started = min((s for s in starts if s is not None), default=now_s)
     members = [
         infos[p["metadata"].get("uid") or ""] for p in live if p["metadata"].get("uid") in infos
@@ -527,8 +543,12 @@ def _running(view: GangView, infos: Mapping[str, PodInfo], now_s: float) -> Job 
         queue=view.spec.queue,
         priority=max((m.priority for m in members), default=0),
         created=created,
-        submitted_s=_seconds(created) or started,
-        duration_s=None if estimate is None else max(estimate - (now_s - started), 0.0),
+        submitted_s=api_seconds(created) or started,
+        duration_s=max(estimate - (now_s - started), 0.0)
+        if estimate is not None
+        else durations(view.spec.queue, _gpus(members), now_s - started)
+        if durations
+        else None,
         started_s=started,
     )
 

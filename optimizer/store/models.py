@@ -251,6 +251,24 @@ class DemandSample(Base):
     __table_args__ = (Index("ix_demand_samples_at", "at"),)
 
 
+class JobRun(Base):
+    """A managed gang that ran here and ended: what run-time predictions learn from."""
+
+    __tablename__ = "job_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(63))
+    gang: Mapped[str] = mapped_column(String(253))
+    queue: Mapped[str | None] = mapped_column(String(63))
+    gpus: Mapped[float] = mapped_column(Float)
+    pods: Mapped[int]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    phase: Mapped[str] = mapped_column(String(16))  # succeeded | failed
+
+    __table_args__ = (Index("ix_job_runs_finished", "finished_at"),)
+
+
 class Forecast(Base):
     """A stored forecast of one scope's metric: its points, the models chosen and their
     validation scores (``payload``), written by the retraining job."""
