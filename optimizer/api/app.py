@@ -28,6 +28,7 @@ from optimizer.api import (
     recommendations,
     reports,
     webhook,
+    whatif,
 )
 from optimizer.api.limits import BodyLimit, TokenBuckets
 from optimizer.api.state import ApiMetrics, AppState
@@ -130,7 +131,8 @@ def create_app(
         in_flight=settings.in_flight_body_bytes,
         retry_after_s=settings.retry_after_s,
     )
-    for module in (reports, nodes, cluster, gpus, gangs, forecasts, recommendations, audit):
+    modules = (reports, nodes, cluster, gpus, gangs, forecasts, whatif, recommendations, audit)
+    for module in modules:
         app.include_router(module.router, responses=AUTHENTICATED_RESPONSES)
     app.include_router(health.router, responses={503: {"description": "Not ready: why."}})
     app.include_router(webhook.router, responses={413: BODY_LIMIT})

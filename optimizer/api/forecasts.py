@@ -45,7 +45,7 @@ def seconds(text: str, name: str) -> int:
         raise HTTPException(400, f"{name}: {error}") from None
 
 
-def _stored(
+def stored(
     session: SessionDep, state: StateDep, *, metric: str, scope: str, step_s: int
 ) -> Forecast:
     row = latest_forecast(session, metric=metric, scope=scope, step_s=step_s)
@@ -60,7 +60,7 @@ def _stored(
     return row
 
 
-def _points(row: Forecast, horizon_s: int) -> list[dict[str, Any]]:
+def points_within(row: Forecast, horizon_s: int) -> list[dict[str, Any]]:
     payload = row.payload
     if horizon_s > row.horizon_s:
         raise HTTPException(
@@ -94,9 +94,9 @@ def get_forecast(
     """The newest stored forecast: p10, p50 and p90 per step, the model chosen at each
     anchor horizon with why and its validation MAE, and the history it was trained on."""
     step_s = seconds(step, "step")
-    row = _stored(session, state, metric=metric, scope=scope, step_s=step_s)
+    row = stored(session, state, metric=metric, scope=scope, step_s=step_s)
     payload = dict(row.payload)
-    payload["points"] = _points(row, seconds(horizon, "horizon"))
+    payload["points"] = points_within(row, seconds(horizon, "horizon"))
     payload["created_at"] = row.created_at
     return payload
 
@@ -144,8 +144,8 @@ def capacity_plan(
         scopes = [scope]
     lines = []
     for name in scopes:
-        row = _stored(session, state, metric="gpu_demand", scope=name, step_s=step_s)
-        points = _points(row, horizon_s)
+        row = stored(session, state, metric="gpu_demand", scope=name, step_s=step_s)
+        points = points_within(row, horizon_s)
         need = capacity_need([p["p90"] for p in points], step_s=step_s, target_wait_s=wait_s)
         capacity = float(row.payload.get("capacity_gpus") or 0.0)
         lines.append(
