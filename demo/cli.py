@@ -130,6 +130,16 @@ def _print_forecasts(result: DemoResult, console: Console) -> None:
             item["peak_window_start"],
         )
     console.print(table)
+    what = result.what_if
+    before, after = what["before"], what["after"]
+    console.print(
+        f"POST /v1/capacity/whatif, the next 3 days with {what['nodes_after']} nodes instead of "
+        f"{what['nodes_before']} ({what['before']['jobs']} jobs sampled from the forecast and "
+        f"{what['job_shapes']} finished jobs' shapes, replayed through the cycle): average wait "
+        f"{before['avg_wait_s'] / 60:.0f} -> {after['avg_wait_s'] / 60:.0f} min, p90 "
+        f"{before['p90_wait_s'] / 60:.0f} -> {after['p90_wait_s'] / 60:.0f} min, utilisation "
+        f"{before['utilisation']:.0%} -> {after['utilisation']:.0%}."
+    )
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from optimizer.controller.forecasting import ForecastTrainer
 from optimizer.forecast.demand import CLUSTER, Demand
 from optimizer.store import forecasts as store
 from optimizer.store.engine import make_engine
+from optimizer.store.models import JobRun
 
 HISTORY_DAYS: Final = 21
 SEED: Final = 7
@@ -54,14 +55,41 @@ def demand_history(
     return history
 
 
+#: Made-up finished jobs (GPUs, hours) the what-if draws shapes from, in equal numbers.
+JOB_MIX: Final = ((1, 0.5), (2, 1.0), (4, 2.0), (8, 4.0), (8, 1.0))
+
+
+def job_history(*, now: datetime, count: int = 40) -> list[JobRun]:
+    """Finished jobs of the last days, cycling through :data:`JOB_MIX`."""
+    runs = []
+    for k in range(count):
+        gpus, hours = JOB_MIX[k % len(JOB_MIX)]
+        end = now - timedelta(hours=2 * k + 1)
+        runs.append(
+            JobRun(
+                namespace="ml",
+                gang=f"demo-{k}",
+                queue=None,
+                gpus=float(gpus),
+                pods=max(1, gpus // 8),
+                started_at=end - timedelta(hours=hours),
+                finished_at=end,
+                phase="succeeded",
+            )
+        )
+    return runs
+
+
 def train_on_history(database_url: str, capacity: Mapping[str, int]) -> list[str]:
-    """Write the made-up history and run the retraining job once; returns what it stored."""
+    """Write the made-up history (demand and finished jobs) and run the retraining job
+    once; returns what it stored."""
     now = datetime.now(UTC)
     engine = make_engine(database_url)
     try:
         with Session(engine) as session, session.begin():
             for at, demand in demand_history(capacity, now=now).items():
                 store.record_demand(session, at=at, demand=demand)
+            session.add_all(job_history(now=now))
         trainer = ForecastTrainer(
             engine,
             clock=lambda: now,

@@ -103,6 +103,7 @@ class DemoResult:
     forecasts_trained: tuple[str, ...]  # subjects the retraining job stored
     forecast: dict[str, Any]  # GET /v1/forecasts?scope=cluster&horizon=24h
     capacity_plan: dict[str, Any]  # GET /v1/capacity/plan?scope=cluster&horizon=7d
+    what_if: dict[str, Any]  # POST /v1/capacity/whatif: two more nodes for three days
 
 
 def agent_report(node_name: str, profile_name: str, *, at_s: float = DEMO_TIME_S) -> NodeReport:
@@ -246,6 +247,11 @@ def run_demo() -> DemoResult:
                 params={"scope": "cluster", "horizon": "7d", "target_wait": "1h"},
                 headers=headers,
             ).json()
+            what_if = client.post(
+                "/v1/capacity/whatif",
+                json={"scope": "cluster", "horizon": "3d", "add_nodes": 2},
+                headers=headers,
+            ).json()
     corrupted = reports[0].model_dump_json().replace('"gpu_b":1,', '"gpu_b":99,', 1)
     try:
         parse_report(corrupted)
@@ -266,6 +272,7 @@ def run_demo() -> DemoResult:
         forecasts_trained=tuple(trained),
         forecast=forecast,
         capacity_plan=capacity_plan,
+        what_if=what_if,
     )
 
 

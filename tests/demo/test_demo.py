@@ -40,6 +40,10 @@ def test_demo_tells_the_whole_story() -> None:
     points = result.forecast["points"]
     assert len(points) == 24
     assert all(p["p10"] <= p["p50"] <= p["p90"] for p in points)
+    what = result.what_if
+    assert what["nodes_after"] == what["nodes_before"] + 2
+    assert what["before"]["jobs"] == what["after"]["jobs"] > 0
+    assert what["after"]["avg_wait_s"] <= what["before"]["avg_wait_s"]
     plan = {item["model"]: item for item in result.capacity_plan["items"]}
     assert set(plan) == models
     for item in plan.values():
