@@ -45,10 +45,13 @@ class Outcome:
     p90_wait_s: float
     max_wait_s: float
     utilisation: float
+    #: Jobs asking for more GPUs than the cluster has: never run, left out of the scores.
+    too_large: int = 0
 
     def as_json(self) -> dict[str, float | int]:
         return {
             "jobs": self.jobs,
+            "too_large": self.too_large,
             "avg_wait_s": round(self.avg_wait_s, 1),
             "p90_wait_s": round(self.p90_wait_s, 1),
             "max_wait_s": round(self.max_wait_s, 1),
@@ -112,8 +115,9 @@ def replay(
     run = Replay(fits, cluster, policy, seed=seed)
     run.run()
     scored = [j for j in fits if j.submit_s >= 0 and j.index in run.finished]
+    too_large = sum(1 for j in jobs if j.submit_s >= 0 and j.gpus > nodes * gpus_per_node)
     if not scored:
-        return Outcome(0, 0.0, 0.0, 0.0, 0.0)
+        return Outcome(0, 0.0, 0.0, 0.0, 0.0, too_large)
     waits = np.array([max(run.finished[j.index] - j.submit_s - j.duration_s, 0.0) for j in scored])
     end = max(run.finished[j.index] for j in scored)
     busy = sum(
@@ -129,4 +133,5 @@ def replay(
         p90_wait_s=float(np.percentile(waits, 90)),
         max_wait_s=float(waits.max()),
         utilisation=float(busy / capacity) if capacity > 0 else 0.0,
+        too_large=too_large,
     )

@@ -22,7 +22,7 @@ from optimizer.store import forecasts as store
 from optimizer.store.models import JobRun
 from tests.optimizer.conftest import WallClock, auth
 
-SHAPES = [JobShape(8, 3600), JobShape(2, 1800), JobShape(1, 600), JobShape(4, 7200)]
+SHAPES = [JobShape(8, 3600), JobShape(2, 1800), JobShape(1, 600), JobShape(16, 7200)]
 READER = auth("sre@example.com")
 
 
@@ -58,6 +58,8 @@ def test_more_nodes_wait_less_fewer_wait_more() -> None:
         replay(jobs, nodes=n, gpus_per_node=8, policy=fifo, seed=0).avg_wait_s for n in (7, 8, 10)
     ]
     assert waits[0] > waits[1] > waits[2]
+    small = replay(jobs, nodes=1, gpus_per_node=8, policy=fifo, seed=0)
+    assert small.too_large == sum(1 for j in jobs if j.submit_s >= 0 and j.gpus > 8) > 0
     with pytest.raises(WhatIfError, match="no node"):
         replay(jobs, nodes=0, gpus_per_node=8, policy=fifo, seed=0)
 
