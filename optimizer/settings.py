@@ -225,7 +225,7 @@ class OptimizerSettings(BaseSettings):
     )
     demand_retention_s: Annotated[float, Field(gt=0)] = Field(
         default=90 * 86400.0,
-        description="Keep demand samples this long.",
+        description="Keep demand samples and finished job runs this long.",
     )
     forecast_interval_s: float = Field(
         default=3600.0,

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from optimizer.forecast.demand import CLUSTER, Demand
 from optimizer.forecast.series import Series, resample
-from optimizer.store.models import DemandSample, Forecast, Gpu, Node, Rollup
+from optimizer.store.models import DemandSample, Forecast, Gpu, JobRun, Node, Rollup
 
 METRICS: Final = ("gpu_demand", "gpu_activity")
 #: Step (s) -> horizon (s) of the stored forecasts.
@@ -171,7 +171,15 @@ def latest_forecast(session: Session, *, metric: str, scope: str, step_s: int) -
 
 
 def prune(session: Session, *, demand_before: datetime, forecasts_before: datetime) -> int:
-    """Delete demand samples and forecasts older than the given times; returns rows gone."""
-    gone = session.execute(delete(DemandSample).where(DemandSample.at < demand_before))
-    old = session.execute(delete(Forecast).where(Forecast.created_at < forecasts_before))
-    return int(gone.rowcount or 0) + int(old.rowcount or 0)  # type: ignore[attr-defined]
+    """Delete demand samples and job runs older than ``demand_before`` and forecasts older
+    than ``forecasts_before``; returns the rows gone."""
+    statements = (
+        delete(DemandSample).where(DemandSample.at < demand_before),
+        delete(JobRun).where(JobRun.finished_at < demand_before),
+        delete(Forecast).where(Forecast.created_at < forecasts_before),
+    )
+    gone = 0
+    for statement in statements:
+        result: Any = session.execute(statement)
+        gone += int(result.rowcount or 0)
+    return gone

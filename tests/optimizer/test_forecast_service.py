@@ -25,7 +25,7 @@ from optimizer.forecast.models import MODELS
 from optimizer.forecast.series import Series
 from optimizer.store import forecasts as store
 from optimizer.store.forecasts import METRICS, RESOLUTIONS
-from optimizer.store.models import DemandSample, Forecast
+from optimizer.store.models import DemandSample, Forecast, JobRun
 from shared.labels import NODE_POOL, SCHEDULING_GATE
 from tests.optimizer.conftest import WallClock, auth
 
@@ -231,13 +231,30 @@ def test_trainer_forecasts_a_short_history_by_persistence_and_says_so(
     assert row.payload["points"][0]["p50"] == 3.0
 
 
-def test_trainer_prunes_old_demand(engine: Engine, clock: WallClock) -> None:
+def test_trainer_prunes_old_demand_and_job_runs(engine: Engine, clock: WallClock) -> None:
     _daily_wave(engine, clock, days=3)
+    with Session(engine) as session, session.begin():
+        for days in (2, 0.5):
+            end = clock.now - timedelta(days=days)
+            session.add(
+                JobRun(
+                    namespace="ml",
+                    gang=f"g{days}",
+                    queue=None,
+                    gpus=8.0,
+                    pods=1,
+                    started_at=end - timedelta(hours=1),
+                    finished_at=end,
+                    phase="succeeded",
+                )
+            )
     _trainer(engine, clock, demand_retention=timedelta(days=1)).run_once()
     with Session(engine) as session:
         oldest = session.scalar(select(func.min(DemandSample.at)))
+        runs = session.scalars(select(JobRun.gang)).all()
     assert oldest is not None
     assert oldest >= clock.now - timedelta(days=1)
+    assert runs == ["g0.5"]
 
 
 def _wave_series(*, days: int, step_s: int, until: datetime) -> Series:
