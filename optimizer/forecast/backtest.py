@@ -87,6 +87,21 @@ class Window:
     forecasts: dict[str, FloatArray]
     skipped: dict[str, str]
 
+    def errors(self) -> dict[str, FloatArray]:
+        """Each model's absolute errors on the window's observed targets."""
+        seen = np.isfinite(self.actuals)
+        return {
+            name: np.abs(self.actuals[seen] - forecast[seen])
+            for name, forecast in self.forecasts.items()
+        }
+
+    def maes(self) -> dict[str, float]:
+        """Each model's MAE on the observed targets (NaN: none observed)."""
+        return {
+            name: float(np.mean(errors)) if len(errors) else math.nan
+            for name, errors in self.errors().items()
+        }
+
 
 def forecast_window(
     series: Series,
@@ -128,13 +143,9 @@ def _mae(actuals: FloatArray, forecast: FloatArray) -> float:
 
 def select(window: Window) -> tuple[str, str]:
     """The model to use and why, by the one-standard-error rule on ``window``."""
-    seen = np.isfinite(window.actuals)
-    if not seen.any():
+    if not np.isfinite(window.actuals).any():
         return PERSISTENCE, "no observed value in the validation window; persistence used"
-    errors = {
-        name: np.abs(window.actuals[seen] - forecast[seen])
-        for name, forecast in window.forecasts.items()
-    }
+    errors = window.errors()
     best = min(errors, key=lambda name: (float(np.mean(errors[name])), _rank(name)))
     best_mae = float(np.mean(errors[best]))
     for name in sorted(errors, key=_rank):
@@ -164,13 +175,9 @@ COMBINED: Final = 3
 def add_combination(validation: Window, *others: Window) -> list[str]:
     """Add the combination's forecasts to ``validation`` and to each of ``others`` (windows
     forecast by the same models); returns its members (none: fewer than three fitted)."""
-    seen = np.isfinite(validation.actuals)
-    if len(validation.forecasts) < COMBINED or not seen.any():
+    if len(validation.forecasts) < COMBINED or not np.isfinite(validation.actuals).any():
         return []
-    mae = {
-        name: float(np.mean(np.abs(validation.actuals[seen] - forecast[seen])))
-        for name, forecast in validation.forecasts.items()
-    }
+    mae = validation.maes()
     members = sorted(mae, key=lambda name: (mae[name], _rank(name)))[:COMBINED]
     for window in (validation, *others):
         if all(m in window.forecasts for m in members):
@@ -221,6 +228,7 @@ def backtest(
         reason = f"{selected} cannot be fitted on the full history; persistence used"
         selected = PERSISTENCE
     persistence_mae = _mae(held_out.actuals, held_out.forecasts[PERSISTENCE])
+    validation_mae = validation.maes()
     scores = []
     for name in names:
         if name not in held_out.forecasts or name not in validation.forecasts:
@@ -242,7 +250,7 @@ def backtest(
                 mae_vs_persistence=mae / persistence_mae if persistence_mae else math.nan,
                 pinball=pinball(held_out.actuals, {0.1: low, 0.5: point, 0.9: high}),
                 coverage_80=float(np.mean(covered)) if seen.any() else math.nan,
-                validation_mae=_mae(validation.actuals, validation.forecasts[name]),
+                validation_mae=validation_mae[name],
             )
         )
     return Backtest(horizon=horizon, test=test, selected=selected, reason=reason, models=scores)

@@ -11,6 +11,7 @@ forecast by persistence, and the forecast says why.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,10 +91,10 @@ def _anchor(
     series: Series, history: History, *, horizon: int, seed: int
 ) -> tuple[AnchorChoice, tuple[Fitted, float, float]]:
     """The model for one anchor horizon, fitted on the whole history, and its offsets."""
-    persistence = MODELS.get_or_raise(PERSISTENCE).fit(history, horizon=horizon, seed=seed)
     length = min(series.steps(WEEK_S), (len(series) - horizon - 1) // 2)
     if length < 2:
         why = _fallback(series, horizon, "validate")
+        persistence = MODELS.get_or_raise(PERSISTENCE).fit(history, horizon=horizon, seed=seed)
         return AnchorChoice(horizon, PERSISTENCE, why, None), (persistence, 0.0, 0.0)
     window = forecast_window(
         series,
@@ -108,12 +109,7 @@ def _anchor(
     name, reason = select(window)
     if len(window.forecasts) == 1:
         reason = _fallback(series, horizon, "fit any other model")
-    seen = np.isfinite(window.actuals)
-    scores = {
-        model: round(float(np.mean(np.abs(window.actuals[seen] - forecast[seen]))), 6)
-        for model, forecast in window.forecasts.items()
-        if seen.any()
-    }
+    scores = {model: round(mae, 6) for model, mae in window.maes().items() if not math.isnan(mae)}
     residuals = window.actuals - window.forecasts[name]
     if name == COMBINATION:
         reason += f"; the mean of {', '.join(members)}"
