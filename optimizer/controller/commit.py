@@ -36,7 +36,6 @@ from optimizer.controller.kube import (
     KubeApi,
     KubeError,
     NotFoundError,
-    TooManyRequestsError,
 )
 from optimizer.controller.observe import GangView, Observed, api_seconds, finished
 from optimizer.controller.pods import (
@@ -311,13 +310,9 @@ class Committer:
             where = f"pod/{evict.namespace}/{evict.pod}"
             reason, outcome = evict.reason, "dry-run"
             if not self._dry_run:
-                try:
-                    self._api.evict_pod(evict.namespace, evict.pod)
-                    outcome = "applied"
-                except NotFoundError:  # it finished meanwhile: the room is free all the same
-                    outcome = "gone"
-                except TooManyRequestsError:
-                    outcome = "refused:429"
+                # "gone": it finished meanwhile, the room is free all the same
+                outcome = self._api.evict_pod_outcome(evict.namespace, evict.pod)
+                if outcome == "refused:429":
                     reason = f"{evict.reason}; refused by a PodDisruptionBudget"
                     victim = "/".join(evict.victim_gang) if evict.victim_gang else where
                     refused[evict.for_gang] = (

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from optimizer.controller.audit import Audit
 from optimizer.controller.cache import ClusterView
-from optimizer.controller.kube import KubeApi, KubeError, NotFoundError, TooManyRequestsError
+from optimizer.controller.kube import KubeApi, KubeError
 from optimizer.controller.observe import finished
 from optimizer.forecast.rightsizing import recommend
 from optimizer.store.usage import pod_gpu_usage
@@ -103,16 +103,12 @@ class IdleReclaimer:
         outcome = "dry-run"
         if not self._dry_run:
             try:
-                self._api.evict_pod(namespace, name)
-                outcome = "applied"
-            except NotFoundError:
-                outcome = "gone"
-            except TooManyRequestsError:
-                outcome = "refused:429"
-                why += "; refused by a PodDisruptionBudget"
+                outcome = self._api.evict_pod_outcome(namespace, name)
             except KubeError as error:
                 log.warning("idle pod not evicted", pod=f"{namespace}/{name}", error=str(error))
                 outcome = "failed"
+        if outcome == "refused:429":
+            why += "; refused by a PodDisruptionBudget"
         self._audit(
             verb="evict-idle-pod", obj=f"pod/{namespace}/{name}", reason=why, outcome=outcome
         )

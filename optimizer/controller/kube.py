@@ -245,6 +245,18 @@ class KubeApi:
         except ApiException as error:
             raise _translate(error) from error
 
+    def evict_pod_outcome(self, namespace: str, name: str) -> str:
+        """:meth:`evict_pod`, its expected refusals as the audit outcome: ``applied``,
+        ``gone`` (the pod finished meanwhile) or ``refused:429`` (a PodDisruptionBudget said
+        no: respected, retried by the caller later); other errors propagate."""
+        try:
+            self.evict_pod(namespace, name)
+        except NotFoundError:
+            return "gone"
+        except TooManyRequestsError:
+            return "refused:429"
+        return "applied"
+
     def _list_custom(self, group: str, version: str, plural: str) -> list[dict[str, Any]]:
         """Every object of a custom resource (none when its CRD is not installed)."""
         try:
