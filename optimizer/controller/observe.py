@@ -454,9 +454,9 @@ def observe(
                 priority=max(m.priority for m in members),
                 created=created,
                 submitted_s=api_seconds(created) or now_s,
-                duration_s=_estimate(waiting)
-                if not durations
-                else _estimate(waiting) or durations(view.spec.queue, _gpus(members[:need]), 0.0),
+                duration_s=_remaining_s(
+                    _estimate(waiting), 0.0, durations, view.spec.queue, members[:need]
+                ),
             )
         )
     running = [
@@ -511,8 +511,20 @@ def _estimate(pods: Iterable[Mapping[str, Any]]) -> float | None:
     return max(found) if found else None
 
 
-def _gpus(members: Iterable[PodInfo]) -> float:
-    return sum(m.request.gpu_request_milli for m in members) / 1000
+def _remaining_s(
+    estimate: float | None,
+    ran_s: float,
+    durations: Predict | None,
+    queue: str | None,
+    members: Iterable[PodInfo],
+) -> float | None:
+    """How much longer a job runs: its declared estimate less the time it has run, else the
+    prediction from finished runs, else unknown (None)."""
+    if estimate is not None:
+        return max(estimate - ran_s, 0.0)
+    if durations is None:
+        return None
+    return durations(queue, sum(m.request.gpu_request_milli for m in members) / 1000, ran_s)
 
 
 def _running(
@@ -544,11 +556,7 @@ def _running(
         priority=max((m.priority for m in members), default=0),
         created=created,
         submitted_s=api_seconds(created) or started,
-        duration_s=max(estimate - (now_s - started), 0.0)
-        if estimate is not None
-        else durations(view.spec.queue, _gpus(members), now_s - started)
-        if durations
-        else None,
+        duration_s=_remaining_s(estimate, now_s - started, durations, view.spec.queue, members),
         started_s=started,
     )
 
