@@ -13,14 +13,13 @@ from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from optimizer.api.deps import Reader, SessionDep, StateDep
 from optimizer.api.forecasts import DURATION, points_within, seconds, stored
 from optimizer.controller.durations import LOOKBACK
 from optimizer.forecast.whatif import JobShape, WhatIfError, arrivals, replay
 from optimizer.simulate.replay import POLICIES
-from optimizer.store.models import JobRun
+from optimizer.store.forecasts import finished_runs
 
 router = APIRouter(tags=["forecasts"])
 
@@ -54,12 +53,10 @@ def what_if(body: WhatIf, session: SessionDep, state: StateDep, _: Reader) -> di
     node count and with ``add_nodes`` more (or fewer), from the same sampled arrivals."""
     row = stored(session, state, metric="gpu_demand", scope=body.scope, step_s=3600)
     points = points_within(row, seconds(body.horizon, "horizon"))
-    since = state.clock() - LOOKBACK
-    runs = session.scalars(select(JobRun).where(JobRun.finished_at >= since)).all()
     shapes = [
-        JobShape(max(1, round(r.gpus)), (r.finished_at - r.started_at).total_seconds())
-        for r in runs
-        if r.finished_at > r.started_at and r.gpus > 0
+        JobShape(max(1, round(r.gpus)), r.duration_s)
+        for r in finished_runs(session, since=state.clock() - LOOKBACK)
+        if r.duration_s > 0 and r.gpus > 0
     ]
     if len(shapes) < MIN_JOBS:
         raise HTTPException(

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Final
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from optimizer.simulate.replay import History, TraceJob
+from optimizer.store.forecasts import finished_runs
 from optimizer.store.models import JobRun
 
 #: How far back finished runs count, and how often the leader rereads them.
@@ -33,9 +34,9 @@ def history_of(runs: list[JobRun]) -> History:
     """A :class:`History` fed with ``runs`` in the order they ended."""
     history = History()
     for index, run in enumerate(sorted(runs, key=lambda r: r.finished_at)):
-        duration = (run.finished_at - run.started_at).total_seconds()
-        if duration > 0:
-            history.ended(TraceJob(index, 0.0, duration, max(1, round(run.gpus)), run.queue or ""))
+        if run.duration_s > 0:
+            gpus = max(1, round(run.gpus))
+            history.ended(TraceJob(index, 0.0, run.duration_s, gpus, run.queue or ""))
     return history
 
 
@@ -66,9 +67,7 @@ class DurationModel:
         if self._loaded is None or now - self._loaded >= REFRESH:
             try:
                 with Session(self._engine) as session:
-                    runs = list(
-                        session.scalars(select(JobRun).where(JobRun.finished_at >= now - LOOKBACK))
-                    )
+                    runs = finished_runs(session, since=now - LOOKBACK)
             except SQLAlchemyError:
                 return self._predict
             self._loaded = now

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+#: The activity signals, best first: GPM, the process's SM share, NVML's coarse utilisation.
+SIGNALS: Final = ("gpm", "process-sm", "nvml-util")
 #: Mean activity under which a held GPU counts as unused.
 IDLE_RATIO: Final = 0.05
 #: Headroom over the peak memory a smaller slice must leave.
@@ -90,8 +92,7 @@ def mig_profile_for(product: str, need_bytes: float) -> str | None:
 
 
 def _weakest(signals: Iterable[str]) -> str:
-    order = ("gpm", "process-sm", "nvml-util")
-    return max(signals, key=order.index)
+    return max(signals, key=SIGNALS.index)
 
 
 def recommend(pods: Sequence[PodUsage], *, min_window_s: float) -> list[Recommendation]:

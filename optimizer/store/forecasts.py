@@ -136,6 +136,12 @@ def activity_series(
     )
 
 
+def finished_runs(session: Session, *, since: datetime) -> list[JobRun]:
+    """The job runs that ended since ``since``, in the order they ended."""
+    query = select(JobRun).where(JobRun.finished_at >= since).order_by(JobRun.finished_at)
+    return list(session.scalars(query))
+
+
 def subject(metric: str, scope: str, step_s: int) -> str:
     return f"{metric}:{scope}@{step_s}"[:256]
 

@@ -268,6 +268,10 @@ class JobRun(Base):
 
     __table_args__ = (Index("ix_job_runs_finished", "finished_at"),)
 
+    @property
+    def duration_s(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
 
 class Forecast(Base):
     """A stored forecast of one scope's metric: its points, the models chosen and their

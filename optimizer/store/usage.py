@@ -10,23 +10,20 @@ database whatever the fleet's size.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from optimizer.forecast.rightsizing import GpuUsage, PodUsage
+from optimizer.forecast.rightsizing import SIGNALS, GpuUsage, PodUsage
 from optimizer.store.models import Gpu, Sample, WorkloadUsage
-
-#: Signal ranks, best first (a GPU's aggregate names the best it had: a GPM GPU's first
-#: read, with no GPM sample to compare yet, falls back to the process share).
-_SIGNALS: Final = ("gpm", "process-sm", "nvml-util")
 
 
 def pod_gpu_usage(session: Session, *, since: datetime, until: datetime) -> list[PodUsage]:
     """Every attributed pod's GPUs between ``since`` and ``until``."""
     u, s = WorkloadUsage, Sample
     activity = func.coalesce(s.sm_active_ratio, u.sm_util_ratio, s.util_ratio)
+    # the rank in SIGNALS; a GPU's aggregate names the best it had (a GPM GPU's first read,
+    # with no GPM sample to compare yet, falls back to the process share)
     signal = case(
         (s.sm_active_ratio.is_not(None), 0),
         (u.sm_util_ratio.is_not(None), 1),
@@ -67,7 +64,7 @@ def pod_gpu_usage(session: Session, *, since: datetime, until: datetime) -> list
                 last_s=last.timestamp(),
                 activity_mean=float(mean),
                 activity_max=float(peak),
-                signal=_SIGNALS[int(rank)],
+                signal=SIGNALS[int(rank)],
                 memory_peak_bytes=int(memory or 0),
             )
         )
