@@ -13,13 +13,19 @@ from typing import Annotated, Any, Final, Literal
 from fastapi import APIRouter, HTTPException, Query
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from optimizer.api.deps import Reader, SessionDep, StateDep
 from optimizer.api.state import AppState
 from optimizer.forecast.capacity import capacity_need
-from optimizer.store.forecasts import RESOLUTIONS, latest_demand, latest_forecast
+from optimizer.store.forecasts import (
+    RESOLUTIONS,
+    forecast_scopes,
+    latest_demand,
+    latest_forecast,
+    latest_forecasts,
+)
 from optimizer.store.models import DemandSample, Forecast
 from shared.units import duration_s
 
@@ -128,20 +134,10 @@ def capacity_plan(
     horizon_s = seconds(horizon, "horizon")
     wait_s = seconds(target_wait, "target_wait")
     step_s = 3600 if horizon_s > RESOLUTIONS[300] else 300
+    scopes = [scope]
     if scope == "cluster":
-        prefix = "gpu_demand:model/"
-        subjects = session.scalars(
-            select(Forecast.subject).where(Forecast.subject.startswith(prefix)).distinct()
-        ).all()
-        scopes = sorted(
-            s.removeprefix("gpu_demand:").rpartition("@")[0]
-            for s in subjects
-            if s.endswith(f"@{step_s}")
-        )
-        if not scopes:
-            scopes = ["cluster"]
-    else:
-        scopes = [scope]
+        by_model = forecast_scopes(session, metric="gpu_demand", step_s=step_s, kind="model")
+        scopes = by_model or scopes
     lines = []
     for name in scopes:
         row = stored(session, state, metric="gpu_demand", scope=name, step_s=step_s)
@@ -189,18 +185,7 @@ class ForecastCollector(Collector):
         now_s = self.state.clock().timestamp()
         try:
             with self.state.sessions() as session:
-                newest = (
-                    select(Forecast.subject, func.max(Forecast.created_at).label("at"))
-                    .group_by(Forecast.subject)
-                    .subquery()
-                )
-                rows = session.scalars(
-                    select(Forecast).join(
-                        newest,
-                        (Forecast.subject == newest.c.subject)
-                        & (Forecast.created_at == newest.c.at),
-                    )
-                ).all()
+                rows = latest_forecasts(session)
                 actual = latest_demand(session)
         except SQLAlchemyError:
             return

@@ -166,6 +166,35 @@ def save_forecast(
     )
 
 
+def latest_forecasts(session: Session) -> list[Forecast]:
+    """The newest stored forecast of every subject."""
+    newest = (
+        select(Forecast.subject, func.max(Forecast.created_at).label("at"))
+        .group_by(Forecast.subject)
+        .subquery()
+    )
+    return list(
+        session.scalars(
+            select(Forecast).join(
+                newest,
+                (Forecast.subject == newest.c.subject) & (Forecast.created_at == newest.c.at),
+            )
+        )
+    )
+
+
+def forecast_scopes(session: Session, *, metric: str, step_s: int, kind: str) -> list[str]:
+    """The scopes of one kind (``model``, ``pool``, …) with a stored forecast of ``metric``
+    at ``step_s``, sorted."""
+    prefix, suffix = f"{metric}:{kind}/", f"@{step_s}"
+    subjects = session.scalars(
+        select(Forecast.subject).where(Forecast.subject.startswith(prefix)).distinct()
+    )
+    return sorted(
+        s.removeprefix(f"{metric}:").removesuffix(suffix) for s in subjects if s.endswith(suffix)
+    )
+
+
 def latest_forecast(session: Session, *, metric: str, scope: str, step_s: int) -> Forecast | None:
     """The newest stored forecast of this metric, scope and step; None: none yet."""
     return session.scalars(
