@@ -6,6 +6,7 @@ routes only read the newest stored one, so they answer without training anything
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
@@ -222,9 +223,9 @@ class ForecastCollector(Collector):
 
 def _point_at(payload: dict[str, Any], now_s: float) -> dict[str, Any] | None:
     """The forecast point whose step holds ``now_s`` (None: the forecast does not reach)."""
-    step_s = float(payload["step_s"])
-    for point in payload["points"]:
-        start = datetime.fromisoformat(point["at"].replace("Z", "+00:00")).timestamp()
-        if start <= now_s < start + step_s:
-            return dict(point)
-    return None
+    points = payload["points"]
+    if not points:
+        return None
+    first_s = datetime.fromisoformat(points[0]["at"].replace("Z", "+00:00")).timestamp()
+    index = math.floor((now_s - first_s) / float(payload["step_s"]))  # points are consecutive
+    return dict(points[index]) if 0 <= index < len(points) else None

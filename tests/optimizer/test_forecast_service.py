@@ -404,3 +404,12 @@ def test_metrics_export_forecast_and_actual(
     assert forecast["cluster", "3600s", "0.5"] == pytest.approx(first["p50"])
     assert forecast["cluster", "3600s", "0.1"] <= forecast["cluster", "3600s", "0.9"]
     assert ("model/NVIDIA-H100", "300s", "0.9") in forecast
+    clock.advance(2.5 * 3600)  # the third hour of the forecast now holds the clock
+    later = text_string_to_metric_families(client.get("/metrics").text)
+    [family] = [f for f in later if f.name == "stowage_forecast_gpu_demand_gpus"]
+    [p50] = [
+        s.value
+        for s in family.samples
+        if s.labels == {"scope": "cluster", "step": "3600s", "quantile": "0.5"}
+    ]
+    assert p50 == pytest.approx(row.payload["points"][2]["p50"])
