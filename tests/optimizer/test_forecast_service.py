@@ -212,6 +212,21 @@ def test_trainer_stores_forecasts_on_schedule(engine: Engine, clock: WallClock) 
         assert "persistence" in scores
 
 
+def test_a_scope_that_cannot_be_forecast_is_skipped_with_why_and_the_rest_go_on(
+    engine: Engine, clock: WallClock
+) -> None:
+    _daily_wave(engine, clock, days=3)
+    with Session(engine) as session, session.begin():
+        for hours in (5, 4, 3):  # a broken writer: no finite value at all
+            broken = Demand(capacity_gpus=8, allocated_gpus=math.inf, pending_gpus=0)
+            store.record_demand(
+                session, at=clock.now - timedelta(hours=hours), demand={"queue/broken": broken}
+            )
+    report = _trainer(engine, clock).run_once()
+    assert report.trained == ["gpu_demand:cluster@3600"]
+    assert "no observations" in report.skipped["gpu_demand:queue/broken@3600"]
+
+
 def test_trainer_forecasts_a_short_history_by_persistence_and_says_so(
     engine: Engine, clock: WallClock
 ) -> None:
