@@ -2,7 +2,7 @@
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -77,18 +77,18 @@ def _settings(**overrides: Any) -> AgentSettings:
 
 
 @contextmanager
-def _node(settings: AgentSettings) -> Iterator[tuple[Nvml, Path, Path]]:
-    """NVML, host root and PodResources socket: the real ones or a fake machine's (its GPUs
-    named after the settings' node)."""
+def _node(settings: AgentSettings) -> Iterator[tuple[Nvml, Path, Path, Callable[[], None]]]:
+    """NVML, host root, PodResources socket and what to call before each cycle: the real
+    ones or a fake machine's (its GPUs named after the settings' node)."""
     if settings.fake_profile is None:
-        yield Nvml(), settings.host_root, settings.podresources_socket
+        yield Nvml(), settings.host_root, settings.podresources_socket, lambda: None
         return
     try:
         profile = load_profile(settings.fake_profile)
     except ProfileError as error:
         raise _fail(str(error), 1) from None
     with FakeMachine(profile, node_name=settings.node_name) as machine:
-        yield Nvml(machine.binding), machine.root, machine.podresources_socket
+        yield Nvml(machine.binding), machine.root, machine.podresources_socket, machine.refresh_host
 
 
 @app.command()
@@ -99,11 +99,7 @@ def discover(
 ) -> None:
     """Print one NodeReport of this node (topology and one sample per GPU)."""
     settings = _settings(node_name=node_name, fake_profile=fake_profile)
-    with _node(settings) as (
-        nvml,
-        root,
-        _socket,
-    ):
+    with _node(settings) as (nvml, root, _socket, _refresh):
         collector = Collector(nvml=nvml, root=root, node_name=settings.node_name)
         try:
             collector.start()
@@ -142,17 +138,14 @@ def run(
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with _node(settings) as (
-        nvml,
-        root,
-        socket,
-    ):
+    with _node(settings) as (nvml, root, socket, refresh):
         runner = AgentRunner(
             settings=settings,
             nvml=nvml,
             root=root,
             podresources_socket=socket,
             report=not no_report,
+            before_cycle=refresh,
         )
         try:
             runner.start()

@@ -1,4 +1,5 @@
-"""One collection cycle: NVML + host facts + pod attribution -> a :class:`NodeReport`.
+"""One collection cycle: NVML + host facts + pod attribution (+ the CPU and memory of the
+containers running GPU processes) -> a :class:`NodeReport`.
 
 :class:`Collector` discovers the node once (devices, host, NVLink wiring), then each call to
 :meth:`Collector.collect` drains XID events, samples every GPU, attributes processes to pods
@@ -18,6 +19,7 @@ from typing import Any, Final, Protocol
 import pynvml
 import structlog
 
+from agent.cgroups import ContainerMeter
 from agent.device import GpuDevice, cpu_set_size
 from agent.host import host_info
 from agent.links import derive_links
@@ -56,6 +58,8 @@ class Collector:
         root: where sysfs/procfs live (``/`` on a node).
         node_name: the Kubernetes node name to report as.
         attributor: maps processes to pods; None reports processes unattributed.
+        meter: reads the CPU and memory of the containers running GPU processes; None
+            reports none.
         wall_clock: current time, injectable for tests.
     """
 
@@ -66,12 +70,14 @@ class Collector:
         root: Path,
         node_name: str,
         attributor: Attributor | None = None,
+        meter: ContainerMeter | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.nvml = nvml
         self.root = root
         self.node_name = node_name
         self.attributor = attributor
+        self.meter = meter
         self.wall_clock = wall_clock
         self.devices: list[GpuDevice] = []
         self.host: HostInfo | None = None
@@ -130,6 +136,9 @@ class Collector:
             self._links = derive_links(nvml=self.nvml, devices=self._known(infos), infos=infos)
             self._links_lost = lost
         samples = [s for s in (self._sample(d) for d in self._known(infos)) if s is not None]
+        containers = []
+        if self.meter is not None:
+            containers = self.meter.measure(p for s in samples for p in s.processes)
         self._sequence += 1
         report = NodeReport(
             node_name=self.node_name,
@@ -142,6 +151,7 @@ class Collector:
             gpus=infos,
             links=self._links,
             samples=samples,
+            containers=containers,
         )
         collection = Collection(report=report, duration_s=time.perf_counter() - started)
         self.latest = collection

@@ -125,6 +125,10 @@ class PodSpec(_Model):
     #: GPUs the pod holds but never runs on (a gang sized larger than it uses): no kernel,
     #: no activity, and only a context's memory there.
     idle_gpus: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    #: CPU cores the container uses, steadily (its cgroup's ``cpu.stat`` grows by this).
+    cpu_cores: Annotated[float, Field(ge=0)] = 1.0
+    #: The container's host-memory working set, GiB (its cgroup's ``memory.current``).
+    host_memory_gib: Annotated[float, Field(ge=0)] = 4.0
 
     @model_validator(mode="after")
     def _idle_gpus_are_held(self) -> Self:

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from prometheus_client import start_http_server
 
+from agent.cgroups import CGROUP_ROOT, ContainerMeter
 from agent.collector import Collection, Collector
 from agent.exporter import build_registry
 from agent.nvml import Nvml
@@ -36,6 +37,8 @@ class AgentRunner:
         podresources_socket: the kubelet socket to read pod assignments from.
         report: False disables reporting even when an optimizer URL is set.
         clock: monotonic seconds, injectable.
+        before_cycle: called at the start of each cycle (a fake machine brings its host
+            files to now).
     """
 
     def __init__(
@@ -47,9 +50,11 @@ class AgentRunner:
         podresources_socket: Path,
         report: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        before_cycle: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        self.before_cycle = before_cycle
         self.attributor = PodAttributor(
             socket_path=podresources_socket,
             proc_root=root / "proc",
@@ -57,7 +62,13 @@ class AgentRunner:
             clock=clock,
         )
         self.collector = Collector(
-            nvml=nvml, root=root, node_name=settings.node_name, attributor=self.attributor
+            nvml=nvml,
+            root=root,
+            node_name=settings.node_name,
+            attributor=self.attributor,
+            meter=ContainerMeter(
+                proc_root=root / "proc", cgroup_root=root / CGROUP_ROOT, clock=clock
+            ),
         )
         self.registry, self.metrics = build_registry(lambda: self.collector.latest)
         self.reporter: Reporter | None = None
@@ -82,6 +93,7 @@ class AgentRunner:
 
     def cycle(self) -> Collection:
         """One collection, exported and (if configured) reported."""
+        self.before_cycle()
         self.attributor.refresh()
         collection = self.collector.collect()
         self.metrics.collect_duration.observe(collection.duration_s)

@@ -49,6 +49,9 @@ QUEUE: Final = PREFIX + "queue"
 LAST_CHECKPOINT: Final = PREFIX + "last-checkpoint"
 #: ``"false"`` on a pod: never evict it for holding idle GPUs (STOWAGE_IDLE_RECLAIM_AFTER_S).
 IDLE_RECLAIM: Final = PREFIX + "idle-reclaim"
+#: On a workload (Deployment, Job, PyTorchJob, ...): Stowage's right-sizing recommendations
+#: for it, a JSON list (written by the leader; removed when none is left).
+RIGHTSIZING: Final = PREFIX + "rightsizing"
 #: On a JobSet: ``jobset`` (one gang, the default) or ``replicated-job`` (one per replicated job).
 GANG_SCOPE: Final = PREFIX + "gang-scope"
 TOPOLOGY_REQUIRED: Final = PREFIX + "topology-required"

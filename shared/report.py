@@ -45,6 +45,10 @@ MAX_MIG_INSTANCES_PER_GPU: Final = 7 * 8
 MAX_NUMA_NODES: Final = 64
 MAX_CPUS: Final = 8192
 MAX_THROTTLE_REASONS: Final = 32
+#: Containers whose CPU and memory one report carries (those running GPU processes).
+MAX_CONTAINERS_PER_NODE: Final = 1024
+#: A host's memory, at most (the largest single-system-image servers today hold 32 TiB).
+MAX_HOST_MEMORY_BYTES: Final = 2**46
 
 _GPU_UUID_RE: Final = (
     r"^GPU-[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -298,6 +302,21 @@ class GpuProcess(_Model):
     sm_util_ratio: Ratio | None = None
 
 
+class ContainerUsage(_Model):
+    """CPU and memory of one container that runs GPU processes, from its cgroup."""
+
+    namespace: Annotated[str, StringConstraints(min_length=1, max_length=63)] | None = None
+    pod: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = None
+    pod_uid: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    container: Annotated[str, StringConstraints(min_length=1, max_length=63)] | None = None
+    #: CPU cores used since the agent's previous read (None on the first).
+    cpu_cores: Annotated[float, Strict(), Field(ge=0.0, le=float(MAX_CPUS))] | None = None
+    #: The working set: memory in use less inactive file cache (what the kubelet evicts on).
+    memory_working_set_bytes: (
+        Annotated[int, Strict(), Field(ge=0, le=MAX_HOST_MEMORY_BYTES)] | None
+    ) = None
+
+
 class EccCounts(_Model):
     """Volatile ECC error counters since the last driver load."""
 
@@ -356,6 +375,10 @@ class NodeReport(_Model):
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=MAX_GPUS_PER_NODE)
     links: list[GpuLink] = Field(default_factory=list, max_length=MAX_LINKS_PER_NODE)
     samples: list[GpuSample] = Field(default_factory=list, max_length=MAX_GPUS_PER_NODE)
+    #: CPU and memory of the containers running GPU processes (optional; additive).
+    containers: list[ContainerUsage] = Field(
+        default_factory=list, max_length=MAX_CONTAINERS_PER_NODE
+    )
 
     @field_validator("collected_at", mode="before")
     @classmethod

@@ -1,15 +1,17 @@
-"""A fake host filesystem (sysfs and procfs excerpts) laid out from a device profile.
+"""A fake host filesystem (sysfs, procfs and cgroup excerpts) laid out from a device profile.
 
-The agent reads NUMA facts and process cgroups from files under a root directory (``/`` on a
-real node). For a fake profile, :func:`materialize` writes the same files under a temporary
-root, so the agent's real file-reading code runs unchanged.
+The agent reads NUMA facts, process cgroups and the containers' CPU and memory from files
+under a root directory (``/`` on a real node). For a fake profile, :func:`materialize`
+writes the same files under a temporary root, and :func:`write_cgroups` the cgroup v2 files
+of each pod's container as they stand at a time, so the agent's real file-reading code runs
+unchanged.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from agent.profile import Profile
+from agent.profile import PodSpec, Profile
 from shared.ranges import parse_cpu_list
 from shared.units import GIB
 
@@ -50,10 +52,30 @@ def materialize(profile: Profile, root: Path) -> Path:
     for pod in profile.behaviour.pods:
         folder = proc / str(pod.pid)
         folder.mkdir(parents=True, exist_ok=True)
-        container_id = pod.uid.replace("-", "")[:12] + "0" * 52
-        (folder / "cgroup").write_text(
-            "0::/kubepods.slice/kubepods-besteffort.slice/"
-            f"kubepods-besteffort-pod{pod.uid.replace('-', '_')}.slice/"
-            f"cri-containerd-{container_id}.scope\n"
-        )
+        (folder / "cgroup").write_text(f"0::{_cgroup_of(pod)}\n")
+    write_cgroups(profile, root, 0.0)
     return root
+
+
+def _cgroup_of(pod: PodSpec) -> str:
+    container_id = pod.uid.replace("-", "")[:12] + "0" * 52
+    return (
+        "/kubepods.slice/kubepods-besteffort.slice/"
+        f"kubepods-besteffort-pod{pod.uid.replace('-', '_')}.slice/"
+        f"cri-containerd-{container_id}.scope"
+    )
+
+
+def write_cgroups(profile: Profile, root: Path, t_s: float) -> None:
+    """Each pod container's cgroup v2 files at ``t_s`` seconds after boot: ``cpu.stat``
+    (``cpu_cores`` used since boot), ``memory.current`` and ``memory.stat`` (a tenth of it
+    inactive file cache, which the working set leaves out)."""
+    for pod in profile.behaviour.pods:
+        folder = root / "sys/fs/cgroup" / _cgroup_of(pod).lstrip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        usec = int(pod.cpu_cores * max(t_s, 0.0) * 1e6)
+        (folder / "cpu.stat").write_text(f"usage_usec {usec}\nuser_usec {usec}\nsystem_usec 0\n")
+        working_set = int(pod.host_memory_gib * GIB)
+        cache = working_set // 9
+        (folder / "memory.current").write_text(f"{working_set + cache}\n")
+        (folder / "memory.stat").write_text(f"anon {working_set}\ninactive_file {cache}\n")

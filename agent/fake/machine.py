@@ -8,11 +8,12 @@ server on a unix socket that hands the profile's pods their GPUs.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from agent.fake.host import materialize
+from agent.fake.host import materialize, write_cgroups
 from agent.fake.nvml import FakeNvml
 from agent.fake.podresources import FakeContainer, FakePodResourcesServer
 from agent.profile import Profile
@@ -29,7 +30,9 @@ class FakeMachine:
         node_name: str = "",
     ) -> None:
         self.profile = profile
-        self.binding = FakeNvml(profile, clock=clock, node_name=node_name)
+        booted = time.monotonic()
+        self._clock = clock or (lambda: time.monotonic() - booted)
+        self.binding = FakeNvml(profile, clock=self._clock, node_name=node_name)
         self._folder = tempfile.TemporaryDirectory(prefix="stowage-fake-")
         base = Path(self._folder.name)
         self.root = materialize(profile, base / "host")
@@ -44,6 +47,10 @@ class FakeMachine:
             for pod in profile.behaviour.pods
         ]
         self.kubelet = FakePodResourcesServer(self.podresources_socket, containers)
+
+    def refresh_host(self) -> None:
+        """Bring the host files that change with time (the containers' cgroups) to now."""
+        write_cgroups(self.profile, self.root, self._clock())
 
     def close(self) -> None:
         """Stop the fake kubelet and remove the temporary files."""

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import timedelta
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args
 
 from fastapi import APIRouter, HTTPException, Query
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -21,12 +21,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from optimizer.api.deps import Reader, SessionDep, StateDep
 from optimizer.api.forecasts import DURATION, seconds
 from optimizer.api.state import AppState
-from optimizer.forecast.rightsizing import Recommendation, recommend
-from optimizer.store.usage import pod_gpu_usage
+from optimizer.forecast.rightsizing import Recommendation
+from optimizer.store.usage import recommendations
 
 router = APIRouter(tags=["recommendations"])
 
-Kind = Literal["idle", "gpu-count", "gpu-memory"]
+Kind = Literal["idle", "gpu-count", "gpu-memory", "cpu", "memory"]
+KINDS: Final = get_args(Kind)
 #: The longest window asked for (raw samples are kept for days, not years).
 MAX_WINDOW_S: Final = 366 * 86_400
 
@@ -34,9 +35,12 @@ MAX_WINDOW_S: Final = 366 * 86_400
 def current(
     state: AppState, session: Any, *, window_s: float, min_window_s: float
 ) -> list[Recommendation]:
-    now = state.clock()
-    usage = pod_gpu_usage(session, since=now - timedelta(seconds=window_s), until=now)
-    return recommend(usage, min_window_s=min_window_s)
+    return recommendations(
+        session,
+        now=state.clock(),
+        window=timedelta(seconds=window_s),
+        min_window=timedelta(seconds=min_window_s),
+    )
 
 
 @router.get("/v1/recommendations", responses={400: {"description": "A zero or too long duration."}})
@@ -55,9 +59,12 @@ def list_recommendations(
         Query(description="A pod observed for less is not judged yet.", pattern=DURATION),
     ] = None,
 ) -> dict[str, Any]:
-    """Idle pods (every held GPU under 5% activity), pods holding GPUs they leave idle (ask
-    for fewer), single-GPU pods whose peak memory fits a smaller MIG profile or GPU share;
-    each with the reason and the activity signal it rests on."""
+    """Per workload (the Deployment, Job, PyTorchJob, JobSet, ... that owns the pods, as the
+    controller last saw it; a bare pod is its own): idle (every held GPU under 5% activity),
+    GPUs it holds and leaves idle (ask for fewer; across a gang's pods), single-GPU pods whose
+    peak memory fits a smaller MIG profile or GPU share; and per container, CPU and memory
+    requests more than 30% away from the decayed p90 plus 15% (``cpu``, ``memory``, VPA's
+    way); each with its pods, the reason and the signal it rests on."""
     settings = state.settings
     window_s = seconds(window, "window") if window else settings.rightsizing_window_s
     min_window_s = seconds(min_window, "min_window") if min_window else settings.idle_after_s
@@ -106,7 +113,7 @@ class RecommendationCollector(Collector):
         kinds = GaugeMetricFamily(
             "stowage_recommendations", "Open right-sizing recommendations by kind.", labels=["kind"]
         )
-        for kind in ("idle", "gpu-count", "gpu-memory"):
+        for kind in KINDS:
             kinds.add_metric([kind], sum(1 for r in items if r.kind == kind))
         yield kinds
         idle = GaugeMetricFamily(

@@ -1,13 +1,14 @@
 """Reclaiming GPUs that pods hold idle: optional, after a grace period, audited, dry-run
 first.
 
-With ``STOWAGE_IDLE_RECLAIM_AFTER_S`` set, the leader looks (at most once a minute) for pods
-that right-sizing calls ``idle`` over the whole grace period: every GPU they hold under 5%
-activity. In a namespace that opted in (``stowage.io/enabled=true``), such a pod is
-evicted through the Eviction API (a PodDisruptionBudget's refusal is respected), with an
-audit entry naming the measurement and a Warning Event on the pod; its owner (a Job, a
-Deployment) decides whether it comes back. A pod annotated ``stowage.io/idle-reclaim:
-"false"`` is never reclaimed. In dry run the same decisions are audited as ``dry-run`` and
+With ``STOWAGE_IDLE_RECLAIM_AFTER_S`` set, the leader looks (at most once a minute) for
+workloads that right-sizing calls ``idle`` over the whole grace period: every GPU their pods
+hold under 5% activity (a gang whose other pods work is never broken up). In a namespace
+that opted in (``stowage.io/enabled=true``), each of its pods is evicted through the
+Eviction API (a PodDisruptionBudget's refusal is respected), with an audit entry naming the
+measurement and a Warning Event on the pod; its owner (a Job, a Deployment) decides whether
+it comes back. A workload with a pod annotated ``stowage.io/idle-reclaim: "false"`` is never
+reclaimed. In dry run the same decisions are audited as ``dry-run`` and
 nothing is evicted.
 """
 
@@ -25,6 +26,7 @@ from optimizer.controller.audit import Audit
 from optimizer.controller.cache import ClusterView
 from optimizer.controller.kube import KubeApi, KubeError
 from optimizer.controller.observe import finished
+from optimizer.controller.owners import workload_of
 from optimizer.forecast.rightsizing import recommend
 from optimizer.store.usage import pod_gpu_usage
 from shared.labels import IDLE_RECLAIM, NAMESPACE_ENABLED
@@ -69,28 +71,37 @@ class IdleReclaimer:
         self._last = now
         with Session(self._engine) as session:
             usage = pod_gpu_usage(session, since=now - self.grace, until=now)
+        pods = {
+            (p["metadata"].get("namespace"), p["metadata"].get("name")): p
+            for p in self._view.pods()
+        }
+        owners = {key: workload_of(pod) for key, pod in pods.items() if all(key)}
         idle = [
             r
-            for r in recommend(usage, min_window_s=self.grace.total_seconds() * COVERAGE)
+            for r in recommend(
+                usage, min_window_s=self.grace.total_seconds() * COVERAGE, owners=owners
+            )
             if r.kind == "idle"
         ]
         if not idle:
             return []
         enabled = self._api.opted_in_namespaces(f"{NAMESPACE_ENABLED}=true")
-        pods = {
-            (p["metadata"].get("namespace"), p["metadata"].get("name")): p
-            for p in self._view.pods()
-        }
         done = []
         for rec in idle:
-            pod = pods.get((rec.namespace, rec.pod))
-            if rec.namespace not in enabled or pod is None or finished(pod):
-                continue
-            annotations = pod["metadata"].get("annotations") or {}
-            if annotations.get(IDLE_RECLAIM) == "false":
-                continue
-            outcome = self._evict(rec.namespace, rec.pod, pod, reason=rec.reason, signal=rec.signal)
-            done.append((rec.namespace, rec.pod, outcome))
+            members = [pods.get((rec.namespace, name)) for name in rec.pods]
+            if rec.namespace not in enabled or any(
+                pod is None
+                or finished(pod)
+                or (pod["metadata"].get("annotations") or {}).get(IDLE_RECLAIM) == "false"
+                for pod in members
+            ):
+                continue  # a workload is reclaimed whole or not at all
+            for name, pod in zip(rec.pods, members, strict=True):
+                assert pod is not None
+                outcome = self._evict(
+                    rec.namespace, name, pod, reason=rec.reason, signal=rec.signal
+                )
+                done.append((rec.namespace, name, outcome))
         return done
 
     def _evict(

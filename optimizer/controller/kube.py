@@ -257,6 +257,37 @@ class KubeApi:
             return "refused:429"
         return "applied"
 
+    @needs("", "pods", "patch")
+    @needs("apps", "deployments", "patch")
+    @needs("apps", "statefulsets", "patch")
+    @needs("apps", "replicasets", "patch")
+    @needs("batch", "jobs", "patch")
+    @needs("kubeflow.org", "pytorchjobs", "patch")
+    @needs("kubeflow.org", "mpijobs", "patch")
+    @needs("jobset.x-k8s.io", "jobsets", "patch")
+    @needs("leaderworkerset.x-k8s.io", "leaderworkersets", "patch")
+    def annotate(
+        self,
+        group: str,
+        version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
+    ) -> None:
+        """Set (None: remove) these annotations of a namespaced object and no others (a
+        merge patch); :class:`NotFoundError` when it is gone."""
+        body = _body({"metadata": {"annotations": dict(annotations)}})
+        try:
+            if group == "":
+                self._core.patch_namespaced_pod(name, namespace, body, _content_type=MERGE_PATCH)
+            else:
+                self._custom.patch_namespaced_custom_object(
+                    group, version, namespace, plural, name, body, _content_type=MERGE_PATCH
+                )
+        except ApiException as error:
+            raise _translate(error) from error
+
     def _list_custom(self, group: str, version: str, plural: str) -> list[dict[str, Any]]:
         """Every object of a custom resource (none when its CRD is not installed)."""
         try:

@@ -24,6 +24,7 @@ from optimizer.controller.idle import IdleReclaimer
 from optimizer.controller.kube import KubeApi
 from optimizer.controller.leader import LeaderElector
 from optimizer.controller.node_labels import NodeLabeller
+from optimizer.controller.rightsizing import RightSizer
 from optimizer.planner.cycle import CycleConfig
 from optimizer.settings import OptimizerSettings
 from optimizer.store.queries import latest_topologies, stale_nodes
@@ -102,6 +103,16 @@ class Controller:
             dry_run=dry_run,
             view=view or LiveView(api),
         )
+        self.rightsizer = RightSizer(
+            api,
+            engine,
+            audit,
+            clock=clock,
+            window=timedelta(seconds=settings.rightsizing_window_s),
+            min_window=timedelta(seconds=settings.idle_after_s),
+            dry_run=dry_run,
+            view=view or LiveView(api),
+        )
         self.demand = DemandRecorder(
             engine, clock=clock, interval=timedelta(seconds=settings.demand_sample_s)
         )
@@ -134,6 +145,7 @@ class Controller:
                 if self.admitter.last_snapshot is not None:
                     self.demand.maybe_record(self.admitter.last_snapshot)
                 self.idle.maybe_run()
+                self.rightsizer.maybe_run()
         except Exception:
             log.exception("controller cycle failed; the next one starts afresh")
         return True

@@ -10,7 +10,7 @@ signal it rests on).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -66,19 +66,36 @@ class PodUsage:
         return max(g.last_s for g in self.gpus) - min(g.first_s for g in self.gpus)
 
 
+@dataclass(frozen=True, order=True)
+class Workload:
+    """What owns a pod and is right-sized as one: the top controller (a Deployment, a Job,
+    a PyTorchJob, a JobSet, ...) or, for a bare pod, the pod itself."""
+
+    kind: str
+    name: str
+    api_version: str = "v1"
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
 @dataclass(frozen=True)
 class Recommendation:
-    """``kind``: ``idle`` (release the pod's GPUs), ``gpu-count`` (ask for fewer GPUs) or
-    ``gpu-memory`` (a smaller slice fits)."""
+    """``kind``: ``idle`` (release the workload's GPUs), ``gpu-count`` (ask for fewer GPUs),
+    ``gpu-memory`` (a smaller slice fits), or ``cpu`` / ``memory`` (a request for one
+    ``container``; :mod:`optimizer.forecast.resources`), for one workload (``Kind/name``)
+    and the pods it rests on."""
 
     kind: str
     namespace: str
-    pod: str
+    workload: str
+    pods: tuple[str, ...]
     current: str
     recommended: str
     reason: str
     signal: str
     gpus: tuple[str, ...] = field(default_factory=tuple)
+    container: str | None = None
 
 
 def mig_profile_for(product: str, need_bytes: float) -> str | None:
@@ -95,38 +112,56 @@ def _weakest(signals: Iterable[str]) -> str:
     return max(signals, key=SIGNALS.index)
 
 
-def recommend(pods: Sequence[PodUsage], *, min_window_s: float) -> list[Recommendation]:
-    """Recommendations for pods observed for at least ``min_window_s``; one kind per pod at
-    most (idle wins over fewer GPUs, which wins over a smaller slice)."""
-    out: list[Recommendation] = []
-    for pod in sorted(pods, key=lambda p: (p.namespace, p.pod)):
+def recommend(
+    pods: Sequence[PodUsage],
+    *,
+    min_window_s: float,
+    owners: Mapping[tuple[str, str], Workload] | None = None,
+) -> list[Recommendation]:
+    """Recommendations per workload (``owners``: namespace, pod -> its workload; a pod not
+    there is its own), from its pods observed for at least ``min_window_s``; one kind per
+    workload at most (idle wins over fewer GPUs, which wins over a smaller slice)."""
+    groups: dict[tuple[str, Workload], list[PodUsage]] = {}
+    for pod in pods:
         if pod.gpus and pod.observed_s >= min_window_s:
-            found = _judge(pod)
-            if found is not None:
-                out.append(found)
+            owner = (owners or {}).get((pod.namespace, pod.pod)) or Workload("Pod", pod.pod)
+            groups.setdefault((pod.namespace, owner), []).append(pod)
+    out: list[Recommendation] = []
+    for (namespace, owner), members in sorted(groups.items()):
+        found = _judge(namespace, str(owner), sorted(members, key=lambda p: p.pod))
+        if found is not None:
+            out.append(found)
     return out
 
 
-def _judge(pod: PodUsage) -> Recommendation | None:
-    """The one recommendation for a pod observed long enough, if any."""
-    hours = pod.observed_s / 3600
-    held = len(pod.gpus)
-    idle = tuple(g.gpu_uuid for g in pod.gpus if g.activity_mean < IDLE_RATIO)
+def _judge(namespace: str, workload: str, pods: Sequence[PodUsage]) -> Recommendation | None:
+    """The one recommendation for a workload's pods, if any."""
+    hours = min(p.observed_s for p in pods) / 3600
+    gpus = [g for p in pods for g in p.gpus]
+    held = len(gpus)
+    idle = tuple(g.gpu_uuid for g in gpus if g.activity_mean < IDLE_RATIO)
+    across = f" across {len(pods)} pods" if len(pods) > 1 else ""
 
     def make(kind: str, current: str, recommended: str, reason: str) -> Recommendation:
-        gpus = idle if kind == "gpu-count" else tuple(g.gpu_uuid for g in pod.gpus)
-        signal = _weakest(g.signal for g in pod.gpus)
         return Recommendation(
-            kind, pod.namespace, pod.pod, current, recommended, reason, signal, gpus
+            kind,
+            namespace,
+            workload,
+            tuple(p.pod for p in pods),
+            current,
+            recommended,
+            reason,
+            _weakest(g.signal for g in gpus),
+            idle if kind == "gpu-count" else tuple(g.gpu_uuid for g in gpus),
         )
 
     if len(idle) == held:
-        busiest = max(g.activity_mean for g in pod.gpus)
+        busiest = max(g.activity_mean for g in gpus)
         return make(
             "idle",
             f"{held} GPU(s)",
             "release the GPUs",
-            f"{held} GPU(s) held at under {IDLE_RATIO:.0%} activity for {hours:.1f} h "
+            f"{held} GPU(s){across} held at under {IDLE_RATIO:.0%} activity for {hours:.1f} h "
             f"(busiest GPU {busiest:.1%} on average)",
         )
     if idle:
@@ -134,20 +169,23 @@ def _judge(pod: PodUsage) -> Recommendation | None:
             "gpu-count",
             f"{held} GPUs",
             f"{held - len(idle)} GPU(s)",
-            f"{len(idle)} of its {held} GPUs stayed under {IDLE_RATIO:.0%} activity for "
-            f"{hours:.1f} h",
+            f"{len(idle)} of its {held} GPUs{across} stayed under {IDLE_RATIO:.0%} activity "
+            f"for {hours:.1f} h",
         )
-    gpu = pod.gpus[0]
+    if any(len(p.gpus) > 1 for p in pods):
+        return None
+    gpu = max(gpus, key=lambda g: (g.memory_peak_bytes, g.gpu_uuid))  # the pod needing most
     need = gpu.memory_peak_bytes * (1 + MEMORY_MARGIN)
-    if held > 1 or not gpu.memory_bytes or need > gpu.memory_bytes / 2:
+    if not gpu.memory_bytes or need > min(g.memory_bytes for g in gpus) / 2:
         return None
     mig = mig_profile_for(gpu.product, need)
     share = math.ceil(need / gpu.memory_bytes * 10) * 100  # milli-GPU, in 10% steps
+    each = " per pod" if len(pods) > 1 else ""
     return make(
         "gpu-memory",
-        f"1 x {gpu.product} ({gpu.memory_bytes / GIB:.0f} GiB)",
+        f"1 x {gpu.product} ({gpu.memory_bytes / GIB:.0f} GiB){each}",
         f"MIG {mig}" if mig else f"a {share / 10:.0f}% GPU share (stowage.io/gpu-milli={share})",
-        f"peak GPU memory {gpu.memory_peak_bytes / GIB:.1f} GiB over {hours:.1f} h, "
+        f"peak GPU memory {gpu.memory_peak_bytes / GIB:.1f} GiB{across} over {hours:.1f} h, "
         f"{gpu.memory_peak_bytes / gpu.memory_bytes:.0%} of the GPU; with "
         f"{MEMORY_MARGIN:.0%} headroom it fits",
     )

@@ -47,7 +47,7 @@ def demand_scopes(session: Session, *, since: datetime) -> list[str]:
     return sorted(rows)
 
 
-def _epoch_s(session: Session, column: Any) -> Any:
+def epoch_s(session: Session, column: Any) -> Any:
     """Seconds since the epoch of a UTC datetime column, in SQL (SQLite stores it naive)."""
     if session.get_bind().dialect.name == "sqlite":
         return func.cast(func.strftime("%s", column), Integer)
@@ -59,7 +59,7 @@ def demand_series(
 ) -> Series | None:
     """Allocated + pending GPUs of ``scope``, the mean per step (averaged in the database:
     one row per step comes back, not one per sample); None: no sample there."""
-    bucket = func.floor(_epoch_s(session, DemandSample.at) / step_s)
+    bucket = func.floor(epoch_s(session, DemandSample.at) / step_s)
     rows = session.execute(
         select(bucket, func.avg(DemandSample.allocated_gpus + DemandSample.pending_gpus))
         .where(DemandSample.scope == scope, DemandSample.at >= since, DemandSample.at <= until)

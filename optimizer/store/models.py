@@ -206,6 +206,45 @@ class WorkloadUsage(Base):
     )
 
 
+class ContainerUsageRow(Base):
+    """CPU and memory of a container running GPU processes, at one sample (its cgroup)."""
+
+    __tablename__ = "container_usage"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime]
+    node_name: Mapped[str] = mapped_column(String(253))
+    namespace: Mapped[str | None] = mapped_column(String(63))
+    pod: Mapped[str | None] = mapped_column(String(253))
+    pod_uid: Mapped[str | None] = mapped_column(String(64))
+    container: Mapped[str | None] = mapped_column(String(63))
+    cpu_cores: Mapped[float | None] = mapped_column(Float)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_container_usage_pod", "namespace", "pod", "at"),
+        Index("ix_container_usage_at", "at"),
+    )
+
+
+class WorkloadPod(Base):
+    """A GPU pod the leader saw, with the workload that owns it and its containers'
+    requests: right-sizing groups usage by workload and compares with the requests."""
+
+    __tablename__ = "workload_pods"
+
+    namespace: Mapped[str] = mapped_column(String(63), primary_key=True)
+    pod: Mapped[str] = mapped_column(String(253), primary_key=True)
+    owner_kind: Mapped[str] = mapped_column(String(63))
+    owner_api_version: Mapped[str] = mapped_column(String(253))
+    owner_name: Mapped[str] = mapped_column(String(253))
+    #: container -> {"cpu": cores, "memory": bytes} requested (absent: none requested)
+    requests: Mapped[dict[str, Any]]
+    seen_at: Mapped[datetime]
+
+    __table_args__ = (Index("ix_workload_pods_seen", "seen_at"),)
+
+
 class AuditEntry(Base):
     """Who did what to what, and why: every mutation and every refused request."""
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from optimizer.store.models import (
     AuditEntry,
+    ContainerUsageRow,
     Gpu,
     GpuLinkRow,
     Node,
@@ -27,6 +28,7 @@ from optimizer.store.models import (
     Rollup,
     Sample,
     TopologyVersion,
+    WorkloadPod,
     WorkloadUsage,
 )
 from optimizer.store.samples import write_samples
@@ -333,6 +335,7 @@ class PruneResult:
     receipts: int
     audit_entries: int = 0
     topology_versions: int = 0
+    workload_pods: int = 0
 
 
 def prune(
@@ -355,7 +358,8 @@ def prune(
 
     return PruneResult(
         samples=removed(delete(Sample).where(Sample.at < raw_cutoff)),
-        workload_usage=removed(delete(WorkloadUsage).where(WorkloadUsage.at < raw_cutoff)),
+        workload_usage=removed(delete(WorkloadUsage).where(WorkloadUsage.at < raw_cutoff))
+        + removed(delete(ContainerUsageRow).where(ContainerUsageRow.at < raw_cutoff)),
         rollups_5m=removed(
             delete(Rollup).where(
                 Rollup.level == "5m", Rollup.bucket_start < now - rollup_5m_retention
@@ -367,6 +371,7 @@ def prune(
             )
         ),
         receipts=removed(delete(ReportReceipt).where(ReportReceipt.collected_at < raw_cutoff)),
+        workload_pods=removed(delete(WorkloadPod).where(WorkloadPod.seen_at < raw_cutoff)),
         audit_entries=0
         if audit_retention is None
         else removed(delete(AuditEntry).where(AuditEntry.at < now - audit_retention)),

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Table, select, tuple_
 
-from optimizer.store.models import ReportReceipt, Sample, WorkloadUsage
+from optimizer.store.models import ContainerUsageRow, ReportReceipt, Sample, WorkloadUsage
 from shared.report import NodeReport
 
 #: Rollup levels and their bucket sizes.
@@ -26,6 +26,7 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _RECEIPTS: Final[Table] = ReportReceipt.__table__  # type: ignore[assignment]
 _SAMPLES: Final[Table] = Sample.__table__  # type: ignore[assignment]
 _USAGE: Final[Table] = WorkloadUsage.__table__  # type: ignore[assignment]
+_CONTAINERS: Final[Table] = ContainerUsageRow.__table__  # type: ignore[assignment]
 
 #: A report's receipt key: (node, sequence, collected_at).
 Key = tuple[str, int, datetime]
@@ -56,6 +57,16 @@ _USAGE_COLUMNS: Final = (
     "pid",
     "memory_used_bytes",
     "sm_util_ratio",
+)
+_CONTAINER_COLUMNS: Final = (
+    "at",
+    "node_name",
+    "namespace",
+    "pod",
+    "pod_uid",
+    "container",
+    "cpu_cores",
+    "memory_bytes",
 )
 _ROLLUP_COLUMNS: Final = (
     "gpu_uuid",
@@ -100,11 +111,25 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
     new and whose GPUs are their nodes') in the caller's transaction."""
     samples: list[Row] = []
     usage: list[Row] = []
+    containers: list[Row] = []
     latest: dict[str, tuple[Row, Any]] = {}  # uuid -> (its newest samples row, sample)
     rollups: dict[tuple[str, str, datetime], list[Any]] = {}
     for report in reports:
         at, node = report.collected_at, report.node_name
         buckets = [(level, bucket_start(at, size)) for level, size in ROLLUP_LEVELS.items()]
+        containers.extend(
+            (
+                at,
+                node,
+                c.namespace,
+                c.pod,
+                c.pod_uid,
+                c.container,
+                c.cpu_cores,
+                c.memory_working_set_bytes,
+            )
+            for c in report.containers
+        )
         for s in report.samples:
             row = (
                 s.gpu_uuid,
@@ -171,6 +196,9 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
     if usage:
         usage.sort(key=lambda row: (row[2], row[0], row[7]))
         writer.insert(_USAGE, _USAGE_COLUMNS, usage)
+    if containers:
+        containers.sort(key=lambda row: (row[0], row[1], str(row[4]), str(row[5])))
+        writer.insert(_CONTAINERS, _CONTAINER_COLUMNS, containers)
     # the samples row's uuid, at, util, memory, power, energy, temperature, process count
     writer.latest([(row[0], *row[2:8], row[9], s) for _, (row, s) in sorted(latest.items())])
     writer.rollups([(*key, *values) for key, values in sorted(rollups.items())])
@@ -249,6 +277,8 @@ class _Postgres:
         "util_ratio": "float8",
         "sm_active_ratio": "float8",
         "sm_util_ratio": "float8",
+        "cpu_cores": "float8",
+        "memory_bytes": "bigint",
         "power_w": "float8",
         "energy_j": "float8",
         "temperature_c": "float8",

@@ -21,11 +21,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
+from kubefake import FakeApiServer, serve
 from optimizer.api.app import create_app
 from optimizer.auth import TokensFile
+from optimizer.controller.kube import KubeApi
 from optimizer.settings import OptimizerSettings
 from optimizer.store import migrate
 from optimizer.store.engine import make_engine
+from shared.labels import NAMESPACE_ENABLED
 
 POSTGRES_URL = os.environ.get(
     "STOWAGE_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test"
@@ -161,3 +164,13 @@ def client(engine: Engine, settings: OptimizerSettings, clock: WallClock) -> Ite
     """The API over each backend, with the test tokens and a hand-moved clock."""
     with TestClient(build_app(settings, engine, clock)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def opted_in_cluster() -> Iterator[tuple[FakeApiServer, KubeApi]]:
+    """The fake API server with namespace ``serving`` opted in and ``research`` not."""
+    with serve() as (server, client):
+        for name, enabled in (("serving", True), ("research", False)):
+            labels = {NAMESPACE_ENABLED: "true"} if enabled else {}
+            server.put("v1/namespaces", {"metadata": {"name": name, "labels": labels}})
+        yield server, KubeApi(client)

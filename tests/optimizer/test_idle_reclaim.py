@@ -4,37 +4,33 @@ fake API server and the store (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from kubefake import FakeApiServer, serve
+from kubefake import FakeApiServer
 from optimizer.controller.audit import StoreAudit
 from optimizer.controller.cache import LiveView
 from optimizer.controller.idle import IdleReclaimer
 from optimizer.controller.kube import KubeApi
 from optimizer.store.models import Sample, WorkloadUsage
 from optimizer.store.queries import audit_entries
-from shared.labels import IDLE_RECLAIM, NAMESPACE_ENABLED
+from shared.labels import IDLE_RECLAIM
 from tests.optimizer.conftest import WallClock
 
 GRACE = timedelta(hours=1)
 
 
-@pytest.fixture
-def cluster() -> Iterator[tuple[FakeApiServer, KubeApi]]:
-    with serve() as (server, client):
-        for name, enabled in (("serving", True), ("research", False)):
-            labels = {NAMESPACE_ENABLED: "true"} if enabled else {}
-            server.put("v1/namespaces", {"metadata": {"name": name, "labels": labels}})
-        yield server, KubeApi(client)
-
-
-def _pod(server: FakeApiServer, namespace: str, name: str, **annotations: str) -> None:
+def _pod(
+    server: FakeApiServer,
+    namespace: str,
+    name: str,
+    *,
+    labels: dict[str, str] | None = None,
+    **annotations: str,
+) -> None:
     server.put(
         "v1/pods",
         {
@@ -42,6 +38,7 @@ def _pod(server: FakeApiServer, namespace: str, name: str, **annotations: str) -
                 "name": name,
                 "namespace": namespace,
                 "uid": f"uid-{name}",
+                "labels": labels or {},
                 "annotations": annotations,
             },
             "spec": {"nodeName": "gpu-1", "containers": [{"name": "c"}]},
@@ -50,7 +47,7 @@ def _pod(server: FakeApiServer, namespace: str, name: str, **annotations: str) -
     )
 
 
-def _usage(
+def record_usage(
     engine: Engine, clock: WallClock, namespace: str, pod: str, *, activity: float, hours: float
 ) -> None:
     """A pod on its own GPU, sampled every 5 minutes for ``hours`` up to now."""
@@ -106,9 +103,9 @@ def _audited(engine: Engine) -> list[tuple[Any, Any]]:
 
 
 def test_an_idle_pod_is_evicted_after_the_grace_period_and_nothing_else_is(
-    cluster: tuple[FakeApiServer, KubeApi], engine: Engine, clock: WallClock
+    opted_in_cluster: tuple[FakeApiServer, KubeApi], engine: Engine, clock: WallClock
 ) -> None:
-    server, api = cluster
+    server, api = opted_in_cluster
     cases = {
         ("serving", "idle"): 0.01,  # evicted
         ("serving", "busy"): 0.6,  # working
@@ -118,7 +115,7 @@ def test_an_idle_pod_is_evicted_after_the_grace_period_and_nothing_else_is(
     for (namespace, name), activity in cases.items():
         extra = {IDLE_RECLAIM: "false"} if name == "kept" else {}
         _pod(server, namespace, name, **extra)
-        _usage(engine, clock, namespace, name, activity=activity, hours=2)
+        record_usage(engine, clock, namespace, name, activity=activity, hours=2)
     done = _reclaimer(api, engine, clock).maybe_run()
     assert done == [("serving", "idle", "applied")]
     assert server.get("pods", "serving", "idle") is None
@@ -132,22 +129,41 @@ def test_an_idle_pod_is_evicted_after_the_grace_period_and_nothing_else_is(
     assert "signal: gpm" in event["message"]
 
 
-def test_not_before_the_grace_period(
-    cluster: tuple[FakeApiServer, KubeApi], engine: Engine, clock: WallClock
+def test_a_gang_is_reclaimed_whole_or_not_at_all(
+    opted_in_cluster: tuple[FakeApiServer, KubeApi], engine: Engine, clock: WallClock
 ) -> None:
-    server, api = cluster
+    """Two PyTorchJobs of two pods: one pod of ``half`` works (its job is not idle, so no
+    pod of it goes); both pods of ``stuck`` are idle (both go)."""
+    server, api = opted_in_cluster
+    for job, activities in (("half", (0.0, 0.7)), ("stuck", (0.0, 0.01))):
+        for rank, activity in enumerate(activities):
+            name = f"{job}-worker-{rank}"
+            _pod(server, "serving", name, labels={"training.kubeflow.org/job-name": job})
+            record_usage(engine, clock, "serving", name, activity=activity, hours=2)
+    done = _reclaimer(api, engine, clock).maybe_run()
+    assert done == [
+        ("serving", "stuck-worker-0", "applied"),
+        ("serving", "stuck-worker-1", "applied"),
+    ]
+    assert server.get("pods", "serving", "half-worker-0") is not None
+
+
+def test_not_before_the_grace_period(
+    opted_in_cluster: tuple[FakeApiServer, KubeApi], engine: Engine, clock: WallClock
+) -> None:
+    server, api = opted_in_cluster
     _pod(server, "serving", "new")
-    _usage(engine, clock, "serving", "new", activity=0.0, hours=0.5)
+    record_usage(engine, clock, "serving", "new", activity=0.0, hours=0.5)
     assert _reclaimer(api, engine, clock).maybe_run() == []
     assert server.get("pods", "serving", "new") is not None
 
 
 def test_dry_run_audits_and_evicts_nothing(
-    cluster: tuple[FakeApiServer, KubeApi], engine: Engine, clock: WallClock
+    opted_in_cluster: tuple[FakeApiServer, KubeApi], engine: Engine, clock: WallClock
 ) -> None:
-    server, api = cluster
+    server, api = opted_in_cluster
     _pod(server, "serving", "idle")
-    _usage(engine, clock, "serving", "idle", activity=0.0, hours=2)
+    record_usage(engine, clock, "serving", "idle", activity=0.0, hours=2)
     assert _reclaimer(api, engine, clock, dry_run=True).maybe_run() == [
         ("serving", "idle", "dry-run")
     ]
@@ -156,11 +172,11 @@ def test_dry_run_audits_and_evicts_nothing(
 
 
 def test_a_disruption_budget_refusal_is_respected_and_retried_a_minute_later(
-    cluster: tuple[FakeApiServer, KubeApi], engine: Engine, clock: WallClock
+    opted_in_cluster: tuple[FakeApiServer, KubeApi], engine: Engine, clock: WallClock
 ) -> None:
-    server, api = cluster
+    server, api = opted_in_cluster
     _pod(server, "serving", "idle")
-    _usage(engine, clock, "serving", "idle", activity=0.0, hours=2)
+    record_usage(engine, clock, "serving", "idle", activity=0.0, hours=2)
     server.refuse_evictions.add(("serving", "idle"))
     reclaimer = _reclaimer(api, engine, clock)
     assert reclaimer.maybe_run() == [("serving", "idle", "refused:429")]
@@ -173,11 +189,11 @@ def test_a_disruption_budget_refusal_is_respected_and_retried_a_minute_later(
 
 
 def test_off_by_default(
-    cluster: tuple[FakeApiServer, KubeApi], engine: Engine, clock: WallClock
+    opted_in_cluster: tuple[FakeApiServer, KubeApi], engine: Engine, clock: WallClock
 ) -> None:
-    server, api = cluster
+    server, api = opted_in_cluster
     _pod(server, "serving", "idle")
-    _usage(engine, clock, "serving", "idle", activity=0.0, hours=2)
+    record_usage(engine, clock, "serving", "idle", activity=0.0, hours=2)
     reclaimer = _reclaimer(api, engine, clock)
     reclaimer.grace = timedelta(0)
     assert reclaimer.maybe_run() == []

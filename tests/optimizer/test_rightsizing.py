@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
+from agent.cgroups import CGROUP_ROOT, ContainerMeter
 from agent.collector import Collector
 from agent.fake.machine import FakeMachine
 from agent.nvml import Nvml
 from agent.pods import PodAttributor
 from agent.profile import load_profile
+from optimizer.forecast.resources import quantity
 from optimizer.forecast.rightsizing import (
     GIB,
     GpuUsage,
     PodUsage,
+    Workload,
     mig_profile_for,
     recommend,
 )
+from optimizer.store.usage import record_workload_pods
 from tests.agent.helpers import ManualClock
 from tests.optimizer.conftest import WallClock, auth
 
@@ -80,6 +86,37 @@ def test_a_recommendation_names_its_weakest_signal() -> None:
     assert found.signal == "nvml-util"
 
 
+def test_a_gang_is_judged_across_its_pods() -> None:
+    """Two pods of one PyTorchJob, four GPUs each; the second computes nothing: the job asks
+    for four GPUs fewer (per pod, neither pod alone would say so of the other)."""
+    busy = PodUsage("ml", "bert-0", tuple(_gpu(f"a{i}", 0.6) for i in range(4)))
+    stray = PodUsage("ml", "bert-1", tuple(_gpu(f"b{i}", 0.0) for i in range(4)))
+    job = Workload("PyTorchJob", "bert", "kubeflow.org/v1")
+    owners = {("ml", "bert-0"): job, ("ml", "bert-1"): job}
+    [found] = recommend([stray, busy], min_window_s=HOUR, owners=owners)
+    assert (found.kind, found.workload, found.pods) == (
+        "gpu-count",
+        "PyTorchJob/bert",
+        ("bert-0", "bert-1"),
+    )
+    assert (found.current, found.recommended) == ("8 GPUs", "4 GPU(s)")
+    assert found.gpus == ("b0", "b1", "b2", "b3")
+    assert "across 2 pods" in found.reason
+    # without owners each pod is its own workload: one idle pod, one busy
+    alone = recommend([stray, busy], min_window_s=HOUR)
+    assert [(r.kind, r.workload) for r in alone] == [("idle", "Pod/bert-1")]
+
+
+def test_replicas_of_a_deployment_fit_the_slice_the_hungriest_needs() -> None:
+    web = Workload("Deployment", "web", "apps/v1")
+    pods = [
+        PodUsage("srv", f"web-{i}", (_gpu(f"g{i}", 0.4, memory_gib=4 + 8 * i),)) for i in range(3)
+    ]
+    [found] = recommend(pods, min_window_s=HOUR, owners={("srv", p.pod): web for p in pods})
+    assert (found.kind, found.recommended) == ("gpu-memory", "MIG 3g.40gb")  # 20 GiB x 1.1
+    assert found.current.endswith("per pod")
+
+
 @pytest.mark.parametrize(
     ("product", "need_gib", "want"),
     [
@@ -96,10 +133,11 @@ def test_mig_profile_for(product: str, need_gib: float, want: str | None) -> Non
 
 
 def test_fake_agents_with_idle_gpus_get_recommendations_from_the_api(
-    client: TestClient, clock: WallClock
+    client: TestClient, clock: WallClock, engine: Engine
 ) -> None:
     """dgx-a100's serving/embedder-3 barely runs; hgx-h200's llm/llama-70b-sft-0 holds 8 GPUs
-    and runs on 4. Two hours of reports every five minutes through POST /v1/reports."""
+    and runs on 4, with 12 cores and 96 GiB of host memory busy. Two hours of reports every
+    five minutes through POST /v1/reports."""
     fake_clock = ManualClock(200.0)  # past dgx-a100's scripted XID and lost GPU
     nodes = {"gpu-node-1": "dgx-a100", "gpu-node-2": "hgx-h200"}
     machines = {
@@ -117,12 +155,18 @@ def test_fake_agents_with_idle_gpus_get_recommendations_from_the_api(
                 root=machine.root,
                 node_name=name,
                 attributor=attributor,
+                meter=ContainerMeter(
+                    proc_root=machine.root / "proc",
+                    cgroup_root=machine.root / CGROUP_ROOT,
+                    clock=fake_clock,
+                ),
                 wall_clock=clock,
             )
             collector.start()
             collectors[name] = collector
         for _ in range(25):
             for name, collector in collectors.items():
+                machines[name].refresh_host()
                 report = collector.collect().report
                 answer = client.post(
                     "/v1/reports", content=report.model_dump_json(), headers=auth(name)
@@ -136,12 +180,15 @@ def test_fake_agents_with_idle_gpus_get_recommendations_from_the_api(
     clock.advance(1)
     response = client.get("/v1/recommendations", headers=auth("sre@example.com"))
     assert response.status_code == 200, response.text
-    found = {(r["namespace"], r["pod"]): r for r in response.json()["items"]}
-    assert set(found) == {("serving", "embedder-3"), ("llm", "llama-70b-sft-0")}
-    idle = found["serving", "embedder-3"]
+    # without the leader's view each pod is its own workload, and CPU and memory are not
+    # judged (the requests are unknown)
+    found = {(r["namespace"], r["workload"]): r for r in response.json()["items"]}
+    assert set(found) == {("serving", "Pod/embedder-3"), ("llm", "Pod/llama-70b-sft-0")}
+    idle = found["serving", "Pod/embedder-3"]
+    assert idle["pods"] == ["embedder-3"]
     assert idle["kind"] == "idle"
     assert idle["signal"] == "process-sm"  # an A100: no GPM
-    oversized = found["llm", "llama-70b-sft-0"]
+    oversized = found["llm", "Pod/llama-70b-sft-0"]
     assert oversized["kind"] == "gpu-count"
     assert oversized["recommended"] == "4 GPU(s)"
     assert oversized["signal"] == "gpm"  # a Hopper GPU
@@ -149,7 +196,7 @@ def test_fake_agents_with_idle_gpus_get_recommendations_from_the_api(
     only_idle = client.get(
         "/v1/recommendations", params={"kind": "idle"}, headers=auth("sre@example.com")
     ).json()["items"]
-    assert [r["pod"] for r in only_idle] == ["embedder-3"]
+    assert [r["workload"] for r in only_idle] == ["Pod/embedder-3"]
     not_yet = client.get(
         "/v1/recommendations", params={"min_window": "3h"}, headers=auth("sre@example.com")
     ).json()["items"]
@@ -157,3 +204,22 @@ def test_fake_agents_with_idle_gpus_get_recommendations_from_the_api(
     metrics = client.get("/metrics").text
     assert 'stowage_idle_gpus{namespace="llm"} 4.0' in metrics
     assert 'stowage_recommendations{kind="idle"} 1.0' in metrics
+    # the leader records the trainer as a PyTorchJob's, asking for 64 cores and 1 TiB
+    job = Workload("PyTorchJob", "llama-70b-sft", "kubeflow.org/v1")
+    with Session(engine) as session, session.begin():
+        record_workload_pods(
+            session,
+            {("llm", "llama-70b-sft-0"): (job, {"trainer": {"cpu": 64.0, "memory": 2.0**40}})},
+            now=clock(),
+        )
+    items = client.get(
+        "/v1/recommendations", params={"namespace": "llm"}, headers=auth("sre@example.com")
+    ).json()["items"]
+    by_kind = {r["kind"]: r for r in items}
+    assert set(by_kind) == {"gpu-count", "cpu", "memory"}
+    assert {r["workload"] for r in items} == {"PyTorchJob/llama-70b-sft"}
+    assert (by_kind["cpu"]["current"], by_kind["cpu"]["recommended"]) == ("64", "13800m")
+    assert by_kind["cpu"]["container"] == "trainer"
+    assert by_kind["memory"]["current"] == "1024Gi"
+    assert by_kind["memory"]["recommended"] == quantity("memory", 96 * GIB * 1.15)
+    assert by_kind["memory"]["reason"].startswith("oversized: decayed p90")
