@@ -15,6 +15,11 @@ v1        ``cpuacct/<path>/cpuacct.usage`` (ns)         ``memory/<path>/memory.u
 CPU is reported as cores: the usage since the previous read over the time between them, so
 the first read of a container has none. A container whose files cannot be read is left out
 (it ended, or the cgroup filesystem is not mounted where the agent looks).
+
+Inside a container with a private cgroup namespace (the default on cgroup v2), other
+processes' paths read ``/../../kubepods-...slice/cri-containerd-<id>.scope``: relative to
+the agent's own cgroup. Such a path is found by its last component under the host's
+``kubepods`` hierarchy, once per container.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from shared.report import ContainerUsage, GpuProcess
 
 #: Where the host's cgroup filesystem is, under the agent's root.
 CGROUP_ROOT: Final = Path("sys/fs/cgroup")
+#: Containers whose cgroup folder was looked up (a tree walk each), remembered.
+MAX_LOCATED: Final = 4096
+_LOCATED: dict[tuple[Path, tuple[str, ...]], Path] = {}
 
 
 @dataclass(frozen=True)
@@ -76,11 +84,34 @@ def _working_set(current: int | None, inactive: int | None) -> int | None:
     return max(current - (inactive or 0), 0)
 
 
+def locate(root: Path, path: str) -> Path:
+    """The folder of cgroup ``path`` under ``root``; a path relative to another cgroup
+    namespace (``/../..``) is looked up by its remaining components under ``kubepods*``."""
+    parts = [p for p in path.split("/") if p]
+    if ".." not in parts:
+        return root.joinpath(*parts)
+    rest = tuple(p for p in parts if p != "..")
+    if not rest:
+        return root
+    key = (root, rest)
+    if key not in _LOCATED:
+        for top in sorted(root.glob("kubepods*")):
+            found = next((f for f in top.rglob(rest[-1]) if f.parts[-len(rest) :] == rest), None)
+            if found is not None:
+                if len(_LOCATED) >= MAX_LOCATED:
+                    _LOCATED.clear()
+                _LOCATED[key] = found
+                break
+        else:
+            return root.joinpath(*rest)
+    return _LOCATED[key]
+
+
 def read_cgroup(root: Path, paths: dict[str, str]) -> Reading | None:
     """The container's reading, v2 when the process is in the unified hierarchy, else v1;
     None when neither can be read."""
     if "" in paths and ("cpu" not in paths or "memory" not in paths):
-        folder = root / paths[""].lstrip("/")
+        folder = locate(root, paths[""])
         usec = _stat(folder / "cpu.stat", "usage_usec")
         current = _number(folder / "memory.current")
         if usec is not None or current is not None:
@@ -91,10 +122,10 @@ def read_cgroup(root: Path, paths: dict[str, str]) -> Reading | None:
     cpu_path, memory_path = paths.get("cpuacct") or paths.get("cpu"), paths.get("memory")
     nanos = None
     if cpu_path is not None:
-        nanos = _number(root / "cpuacct" / cpu_path.lstrip("/") / "cpuacct.usage")
+        nanos = _number(locate(root / "cpuacct", cpu_path) / "cpuacct.usage")
     current = inactive = None
     if memory_path is not None:
-        memory = root / "memory" / memory_path.lstrip("/")
+        memory = locate(root / "memory", memory_path)
         current = _number(memory / "memory.usage_in_bytes")
         inactive = _stat(memory / "memory.stat", "total_inactive_file")
     if nanos is None and current is None:

@@ -12,6 +12,7 @@ called every cycle and returns at once while backing off.
 from __future__ import annotations
 
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,6 +55,8 @@ class Reporter:
         token_file: a bearer token file, re-read on every send (projected tokens rotate).
         metrics: the agent's health metrics (sent, failures, buffered, dropped).
         buffer_size: reports kept while the optimizer is unreachable.
+        ca_file: the CA bundle (PEM) the optimizer's certificate must chain to; None: the
+            system's trust store.
         client: an ``httpx.Client`` (tests pass their own); timeouts are the caller's.
         clock: monotonic seconds; ``rng``: jitter source. Both injectable.
         backoff_base_s, backoff_max_s: the first retry delay and its cap.
@@ -66,6 +69,7 @@ class Reporter:
         token_file: Path | None = None,
         metrics: AgentMetrics | None = None,
         buffer_size: int = 360,
+        ca_file: Path | None = None,
         client: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -79,7 +83,10 @@ class Reporter:
         self.metrics = metrics
         self.buffer: deque[_Queued] = deque()
         self.buffer_size = buffer_size
-        self.client = client or httpx.Client(timeout=httpx.Timeout(10.0, connect=3.0))
+        self.client = client or httpx.Client(
+            timeout=httpx.Timeout(10.0, connect=3.0),
+            verify=ssl.create_default_context(cafile=ca_file) if ca_file else True,
+        )
         self.clock = clock
         self.rng = rng or random.Random()
         self.backoff_base_s = backoff_base_s

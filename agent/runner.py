@@ -78,6 +78,7 @@ class AgentRunner:
                 token_file=settings.token_file,
                 metrics=self.metrics,
                 buffer_size=settings.buffer_reports,
+                ca_file=settings.ca_file,
                 clock=clock,
             )
         self._server: Any = None

@@ -30,6 +30,11 @@ class AgentSettings(BaseSettings):
     token_file: Path | None = Field(
         default=None, description="Bearer token file (a projected ServiceAccount token)."
     )
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle (PEM) the optimizer's HTTPS certificate must chain to "
+        "(default: the system's trust store).",
+    )
     interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=10.0, description="Seconds between collections."
     )
@@ -50,6 +55,13 @@ class AgentSettings(BaseSettings):
     buffer_reports: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=360, description="Reports kept while the optimizer is unreachable."
     )
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value}: no such file")
+        return value
 
     @field_validator("node_name")
     @classmethod

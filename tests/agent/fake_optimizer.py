@@ -7,6 +7,7 @@ given status, so the reporter is tested over real sockets.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 class FakeOptimizer:
     """Records POSTed reports; ``status`` (and ``retry_after``) script its answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.received: list[dict[str, Any]] = []
         self.auth: list[str | None] = []
         self.status = 202
@@ -28,7 +30,7 @@ class FakeOptimizer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         owner = self
@@ -58,6 +60,8 @@ class FakeOptimizer:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 

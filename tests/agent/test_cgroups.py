@@ -70,6 +70,12 @@ def _files(root: Path, files: dict[str, str]) -> Path:
             Reading(cpu_s=1.0, memory_bytes=5000),
             id="hybrid-reads-the-v1-controllers",
         ),
+        pytest.param(
+            "0::/../../kubepods-burstable-podabc.slice/cri-containerd-1.scope\n",
+            {f"{POD}/cpu.stat": "usage_usec 1000000\n", f"{POD}/memory.current": "10\n"},
+            Reading(cpu_s=1.0, memory_bytes=10),
+            id="v2-seen-from-a-private-cgroup-namespace",
+        ),
         pytest.param(f"0::{POD}\n", {}, None, id="ended-container"),
         pytest.param(
             f"0::{POD}\n",

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import random
+import shutil
+import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,3 +204,44 @@ def test_topology_is_resent_when_the_optimizer_lost_it(
     sequences_with_topology = [r["sequence"] for r in optimizer.received if "gpus" in r]
     assert sequences_with_topology == [1, 3]
     assert [r["sequence"] for r in optimizer.received] == [1, 2, 3, 4]
+
+
+def _certificate_authority(folder: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate it signed for 127.0.0.1 (openssl): ca, cert, key."""
+    folder.mkdir()
+    ca, ca_key = folder / "ca.crt", folder / "ca.key"
+    cert, key, request = folder / "tls.crt", folder / "tls.key", folder / "tls.csr"
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    new_key = ["openssl", "req", "-newkey", "rsa:2048", "-nodes"]
+    run([*new_key, "-x509", "-days", "1", "-subj", f"/CN={name}", "-keyout", ca_key, "-out", ca])
+    run([*new_key, "-subj", "/CN=127.0.0.1", "-keyout", key, "-out", request])
+    extensions = folder / "san.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    sign = ["openssl", "x509", "-req", "-days", "1", "-CA", ca, "-CAkey", ca_key, "-CAcreateserial"]
+    run([*sign, "-in", request, "-extfile", extensions, "-out", cert])
+    return ca, cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_the_optimizer_certificate_is_checked_against_the_configured_ca(tmp_path: Path) -> None:
+    ca, cert, key = _certificate_authority(tmp_path / "ours", "stowage-ca")
+    stranger, _, _ = _certificate_authority(tmp_path / "other", "someone-else")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = FakeOptimizer(tls=context)
+    collector, _ = fake_collector(load_profile("dgx-h100"), tmp_path / "node")
+    try:
+        report = collector.collect().report
+        trusting = Reporter(url=server.url, ca_file=ca, clock=ManualClock())
+        wary = Reporter(url=server.url, ca_file=stranger, clock=ManualClock())
+        _OPEN.extend([trusting, wary])
+        wary.submit(report)
+        wary.flush()
+        assert (server.received, wary.failures, len(wary.buffer)) == ([], 1, 1)  # kept
+        trusting.submit(report)
+        trusting.flush()
+        assert [r["node_name"] for r in server.received] == [report.node_name]
+    finally:
+        while _OPEN:
+            _OPEN.pop().close()
+        server.stop()

@@ -1,0 +1,84 @@
+"""The alert rules (helm/stowage/files/alerts.yaml): valid for Prometheus, each one's firing
+and silence unit-tested with ``promtool test rules``, every metric they use one that
+Stowage exports, and the chart's PrometheusRule carrying the same groups."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = ROOT / "helm" / "stowage" / "files" / "alerts.yaml"
+TESTS = ROOT / "tests" / "alerts" / "stowage_alerts_test.yaml"
+
+
+def _promtool() -> str:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have promtool: .ci/run installs Debian's prometheus package")
+        pytest.skip("promtool not installed (Debian package 'prometheus'; .ci/run installs it)")
+    return promtool
+
+
+def _run(*args: str | Path, cwd: Path = ROOT) -> str:
+    done = subprocess.run(
+        [_promtool(), *map(str, args)], capture_output=True, text=True, check=False, cwd=cwd
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_promtool_accepts_the_rules() -> None:
+    assert "SUCCESS: 4 rules found" in _run("check", "rules", RULES)
+
+
+def test_each_alert_fires_when_it_should_and_only_then() -> None:
+    tested = {
+        case["alertname"]
+        for group in yaml.safe_load(TESTS.read_text())["tests"]
+        for case in group["alert_rule_test"]
+    }
+    alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
+    assert tested == alerts  # every alert has a unit test
+    assert "SUCCESS" in _run("test", "rules", TESTS.name, cwd=TESTS.parent)
+
+
+def test_the_rules_use_only_metrics_stowage_exports() -> None:
+    """Every stowage_ series an alert reads is declared by the agent's exporter or the
+    optimizer (counters as <name>_total)."""
+    declared: set[str] = set()
+    for package in ("agent", "optimizer"):
+        for path in (ROOT / package).rglob("*.py"):
+            for name in re.findall(r'"(stowage_[a-z0-9_]+)"', path.read_text()):
+                declared |= {name, f"{name}_total"}
+    used = {
+        name
+        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for r in g["rules"]
+        for name in re.findall(r"\bstowage_[a-z0-9_]+", r["expr"])
+    }
+    assert used
+    assert used <= declared, sorted(used - declared)
+
+
+def test_the_charts_prometheus_rule_carries_the_same_groups() -> None:
+    import helm_python as helm
+
+    rendered = helm.Chart.load(ROOT / "helm" / "stowage").render(
+        {"metrics": {"prometheusRule": {"enabled": True}}}, name="stowage", namespace="gpu"
+    )
+    [rule] = [
+        doc
+        for name, text in rendered.items()
+        if name.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc and doc["kind"] == "PrometheusRule"
+    ]
+    assert rule["spec"] == yaml.safe_load(RULES.read_text())
