@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from optimizer import metrics as metric_names
 from optimizer.api.deps import Reader, SessionDep, StateDep
 from optimizer.api.state import AppState
 from optimizer.forecast.capacity import capacity_need
@@ -191,28 +192,47 @@ class ForecastCollector(Collector):
         except SQLAlchemyError:
             return
         demand = GaugeMetricFamily(
-            "stowage_forecast_gpu_demand_gpus",
+            metric_names.FORECAST_GPU_DEMAND,
             "Forecast GPU demand (allocated + pending) for the current step, by quantile.",
             labels=["scope", "step", "quantile"],
         )
         activity = GaugeMetricFamily(
-            "stowage_forecast_gpu_activity_ratio",
+            metric_names.FORECAST_GPU_ACTIVITY,
             "Forecast mean GPU utilisation for the current step, by quantile.",
             labels=["scope", "step", "quantile"],
         )
+        peak = GaugeMetricFamily(
+            metric_names.FORECAST_GPU_DEMAND_PEAK,
+            "The largest p90 GPU demand forecast from now to the forecast's horizon (hourly "
+            "forecasts: the next 7 days).",
+            labels=["scope", "step"],
+        )
+        capacity = GaugeMetricFamily(
+            metric_names.GPU_CAPACITY,
+            "GPUs of the scope when its demand forecast was made.",
+            labels=["scope"],
+        )
         for row in rows:
             payload = row.payload
-            point = _point_at(payload, now_s)
-            if point is None:
+            index = _index_at(payload, now_s)
+            if index is None:
                 continue
+            point = payload["points"][index]
             family = demand if payload["metric"] == "gpu_demand" else activity
             step = f"{int(payload['step_s'])}s"
             for key, quantile in (("p10", "0.1"), ("p50", "0.5"), ("p90", "0.9")):
                 family.add_metric([payload["scope"], step, quantile], point[key])
+            if payload["metric"] == "gpu_demand":
+                ahead = max(p["p90"] for p in payload["points"][index:])
+                peak.add_metric([payload["scope"], step], ahead)
+                if payload["step_s"] == max(RESOLUTIONS) and "capacity_gpus" in payload:
+                    capacity.add_metric([payload["scope"]], float(payload["capacity_gpus"]))
         yield demand
         yield activity
+        yield peak
+        yield capacity
         observed = GaugeMetricFamily(
-            "stowage_gpu_demand_gpus",
+            metric_names.GPU_DEMAND,
             "GPU demand (allocated + pending) at the leader's latest sample, by scope.",
             labels=["scope"],
         )
@@ -221,11 +241,12 @@ class ForecastCollector(Collector):
         yield observed
 
 
-def _point_at(payload: dict[str, Any], now_s: float) -> dict[str, Any] | None:
-    """The forecast point whose step holds ``now_s`` (None: the forecast does not reach)."""
+def _index_at(payload: dict[str, Any], now_s: float) -> int | None:
+    """The index of the forecast point whose step holds ``now_s`` (None: the forecast does
+    not reach)."""
     points = payload["points"]
     if not points:
         return None
     first_s = datetime.fromisoformat(points[0]["at"].replace("Z", "+00:00")).timestamp()
     index = math.floor((now_s - first_s) / float(payload["step_s"]))  # points are consecutive
-    return dict(points[index]) if 0 <= index < len(points) else None
+    return index if 0 <= index < len(points) else None

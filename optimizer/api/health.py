@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from optimizer import metrics as metric_names
 from optimizer.api.cluster import cluster_summary
 from optimizer.api.deps import StateDep
 from optimizer.api.state import AppState
@@ -99,7 +100,7 @@ class ClusterCollector(Collector):
         except SQLAlchemyError:
             return
         gpus = GaugeMetricFamily(
-            "stowage_cluster_gpus",
+            metric_names.CLUSTER_GPUS,
             "GPUs of fresh nodes by model and state.",
             labels=["model", "state"],
         )
@@ -114,15 +115,17 @@ class ClusterCollector(Collector):
                 gpus.add_metric([model, name], value)
         yield gpus
         yield GaugeMetricFamily(
-            "stowage_cluster_fragmented_gpus",
+            metric_names.CLUSTER_FRAGMENTED_GPUS,
             "Free GPUs no request shape can use.",
             value=summary.fragmented_gpus,
         )
         yield GaugeMetricFamily(
-            "stowage_cluster_stale_nodes",
+            metric_names.CLUSTER_STALE_NODES,
             "Nodes whose agent stopped reporting.",
             value=len(summary.stale_nodes),
         )
         yield GaugeMetricFamily(
-            "stowage_cluster_power_watts", "Power draw of fresh nodes' GPUs.", value=summary.power_w
+            metric_names.CLUSTER_POWER_WATTS,
+            "Power draw of fresh nodes' GPUs.",
+            value=summary.power_w,
         )

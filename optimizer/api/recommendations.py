@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
+from optimizer import metrics as metric_names
 from optimizer.api.deps import Reader, SessionDep, StateDep
 from optimizer.api.forecasts import DURATION, seconds
 from optimizer.api.state import AppState
@@ -111,13 +112,15 @@ class RecommendationCollector(Collector):
             self._cached = (now, items)
         items = self._cached[1]
         kinds = GaugeMetricFamily(
-            "stowage_recommendations", "Open right-sizing recommendations by kind.", labels=["kind"]
+            metric_names.RECOMMENDATIONS,
+            "Open right-sizing recommendations by kind.",
+            labels=["kind"],
         )
         for kind in KINDS:
             kinds.add_metric([kind], sum(1 for r in items if r.kind == kind))
         yield kinds
         idle = GaugeMetricFamily(
-            "stowage_idle_gpus",
+            metric_names.IDLE_GPUS,
             "GPUs held by pods that leave them idle (idle pods and the idle share of others).",
             labels=["namespace"],
         )

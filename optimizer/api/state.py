@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from optimizer import metrics as metric_names
 from optimizer.api.limits import TokenBuckets
 from optimizer.auth import Authenticator
 from optimizer.ingest import IngestQueue
@@ -24,25 +25,25 @@ class ApiMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.reports = Counter(
-            "stowage_optimizer_reports",
+            metric_names.OPTIMIZER_REPORTS,
             "Reports received, by outcome.",
             ["outcome"],
             registry=registry,
         )
         self.ingest_seconds = Histogram(
-            "stowage_optimizer_ingest_duration_seconds",
+            metric_names.INGEST_DURATION_SECONDS,
             "Database time per report (a batch's write and commit over its size).",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=registry,
         )
         self.batch_size = Histogram(
-            "stowage_optimizer_ingest_batch_reports",
+            metric_names.INGEST_BATCH_REPORTS,
             "Reports committed together (group commit).",
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=registry,
         )
         self.denied = Counter(
-            "stowage_optimizer_requests_denied",
+            metric_names.OPTIMIZER_REQUESTS_DENIED,
             "Requests refused by authentication or authorisation.",
             ["status"],
             registry=registry,

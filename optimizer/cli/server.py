@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 import uvicorn
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from optimizer.api.app import create_app, run_prune
@@ -97,7 +98,7 @@ def serve(
     if authenticator is None:
         logging.getLogger(__name__).warning("authentication disabled (auth=none)")
     application = create_app(settings, authenticator=authenticator)
-    with _controller(settings):
+    with _controller(settings, registry=application.state.stowage.registry):
         uvicorn.run(
             application,
             host=settings.host,
@@ -111,9 +112,9 @@ def serve(
 
 
 @contextlib.contextmanager
-def _controller(settings: OptimizerSettings) -> Iterator[None]:
+def _controller(settings: OptimizerSettings, *, registry: CollectorRegistry) -> Iterator[None]:
     """Run the Kubernetes controller beside the API when the settings ask for it (in-cluster
-    configuration, or the kubeconfig outside a cluster)."""
+    configuration, or the kubeconfig outside a cluster); its metrics go in ``registry``."""
     if settings.controller == "off":
         yield
         return
@@ -134,7 +135,7 @@ def _controller(settings: OptimizerSettings) -> Iterator[None]:
     cache.start(stop)
     if not cache.wait_synced(timeout=60):
         logging.getLogger(__name__).warning("node and pod watches not synced after 60 s")
-    controller = Controller(api, engine, settings, view=cache)
+    controller = Controller(api, engine, settings, view=cache, registry=registry)
     thread = threading.Thread(
         target=controller.run,
         args=(stop,),

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import structlog
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from optimizer.controller.audit import Audit
@@ -45,9 +46,17 @@ from optimizer.controller.commit import (
 from optimizer.controller.durations import DurationModel
 from optimizer.controller.frameworks import frameworks_of
 from optimizer.controller.kube import KubeApi, KubeError, NotFoundError, TooManyRequestsError
-from optimizer.controller.observe import Observed, OpenIntent, observe, pod_info
+from optimizer.controller.observe import (
+    GangView,
+    Observed,
+    OpenIntent,
+    api_seconds,
+    observe,
+    pod_info,
+)
 from optimizer.controller.pods import is_gated, pinned_node
 from optimizer.controller.queues import queue_status
+from optimizer.metrics import ControllerMetrics
 from optimizer.planner.cycle import CycleConfig, run_cycle
 from optimizer.planner.filters import FILTERS, Filter, static_mask
 from optimizer.planner.objects import NodeInfo
@@ -115,6 +124,7 @@ class GangAdmitter:
         bind_deadline: timedelta = BIND_DEADLINE,
         retention: timedelta = RETENTION,
         fair_share_half_life: timedelta = timedelta(0),
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         config = config or CycleConfig()
         if policy is not None:
@@ -132,6 +142,7 @@ class GangAdmitter:
         self._bind_deadline = bind_deadline
         self._retention = retention
         self._numbers = itertools.count(1)
+        self.metrics = metrics or ControllerMetrics(CollectorRegistry())
         self.committer = Committer(api, engine, audit, dry_run=dry_run, clock=clock)
         self.last_plan: Plan | None = None
         #: The snapshot the last cycle planned on (demand samples are taken from it).
@@ -157,9 +168,11 @@ class GangAdmitter:
         self.last_plan = plan
         self.last_snapshot = observed.snapshot
         planned_at = time.perf_counter()
+        ungated = 0
         for view in observed.gangs.values():
             released = len(view.live) - len(view.gated)
             if released and view.gated:
+                ungated += released
                 self.committer.event_once(
                     view,
                     reason="GangMemberUngated",
@@ -173,6 +186,26 @@ class GangAdmitter:
         outcomes = self.committer.apply(plan, observed, self._statuses)
         self._write_queue_statuses(observed, plan)
         self.committer.collect(retention=self._retention, present=set(observed.gangs))
+        committed_at = time.perf_counter()
+        for step, seconds in (
+            ("observe", observed_at - started),
+            ("plan", planned_at - observed_at),
+            ("commit", committed_at - planned_at),
+        ):
+            self.metrics.cycle_seconds.labels(step).observe(seconds)
+        self.metrics.record_plan(
+            plan,
+            now_s=self._clock().timestamp(),
+            created_s={
+                f"{ns}/{name}": created
+                for (ns, name), view in observed.gangs.items()
+                if (created := _created_s(view)) is not None
+            },
+            timeouts_s={
+                f"{ns}/{name}": v.spec.timeout_s for (ns, name), v in observed.gangs.items()
+            },
+            ungated=ungated,
+        )
         log.info(
             "cycle committed",
             cycle=number,
@@ -253,7 +286,7 @@ class GangAdmitter:
             status = self._statuses.get(key)
             if status is None or status.phase not in (ADMITTED,):
                 continue
-            stuck: list[tuple[dict[str, Any], str]] = []
+            stuck: list[tuple[dict[str, Any], str, str]] = []
             for pod in view.live:
                 spec = pod.get("spec") or {}
                 node = pinned_node(pod)
@@ -261,16 +294,21 @@ class GangAdmitter:
                     continue
                 if refusals is None:  # listed once a cycle, and only when a pin is unbound
                     refusals = self._refusals()
-                why = self._unbindable(pod, node, nodes, filters) or _refused(
-                    pod, refusals, since=status.updated_at
-                )
+                why, cause = self._unbindable(pod, node, nodes, filters), "node-refused"
+                if why is None:
+                    why, cause = (
+                        _refused(pod, refusals, since=status.updated_at),
+                        "failed-scheduling",
+                    )
                 if why is None and now - status.updated_at >= self._bind_deadline:
                     why = f"not bound to {node} within {int(self._bind_deadline.total_seconds())}s"
+                    cause = "bind-deadline"
                 if why is not None:
-                    stuck.append((pod, why))
+                    stuck.append((pod, why, cause))
             if not stuck:
                 continue
             rolled = True
+            self.metrics.rollbacks.labels(stuck[0][2]).inc()
             reason = (
                 f"gang {view.spec.name} rolled back: {stuck[0][0]['metadata']['name']} "
                 f"{stuck[0][1]}; its pods are evicted so their job controller recreates them "
@@ -324,6 +362,12 @@ class GangAdmitter:
         if not mask[0]:
             return f"is pinned to {node}, which kube-scheduler refuses: {next(iter(reasons))}"
         return None
+
+
+def _created_s(view: GangView) -> float | None:
+    """When the gang's first member was created (seconds), if the API said."""
+    times = [api_seconds(p["metadata"].get("creationTimestamp")) for p in view.members]
+    return min((t for t in times if t is not None), default=None)
 
 
 def _refused(

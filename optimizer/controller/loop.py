@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -25,6 +26,7 @@ from optimizer.controller.kube import KubeApi
 from optimizer.controller.leader import LeaderElector
 from optimizer.controller.node_labels import NodeLabeller
 from optimizer.controller.rightsizing import RightSizer
+from optimizer.metrics import ControllerMetrics
 from optimizer.planner.cycle import CycleConfig
 from optimizer.settings import OptimizerSettings
 from optimizer.store.queries import latest_topologies, stale_nodes
@@ -55,6 +57,7 @@ class Controller:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         view: ClusterView | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         if settings.controller == "off":
             raise ValueError("the controller is off (STOWAGE_CONTROLLER)")
@@ -74,6 +77,7 @@ class Controller:
         self.labeller = NodeLabeller(
             api, audit, pool_of=settings.pool_of, dry_run=dry_run, view=view
         )
+        self.metrics = ControllerMetrics(registry or CollectorRegistry())
         self.admitter = GangAdmitter(
             api,
             engine,
@@ -92,6 +96,7 @@ class Controller:
             bind_deadline=timedelta(seconds=settings.bind_deadline_s),
             retention=timedelta(seconds=settings.gang_retention_s),
             fair_share_half_life=timedelta(seconds=settings.fair_share_half_life_s),
+            metrics=self.metrics,
         )
 
         self.idle = IdleReclaimer(
@@ -136,7 +141,9 @@ class Controller:
 
     def step(self) -> bool:
         """One cycle; returns whether this replica led it."""
-        if not self.elector.step():
+        leading = self.elector.step()
+        self.metrics.leader.set(1 if leading else 0)
+        if not leading:
             return False
         try:
             self.labeller.sync(self.reports())

@@ -284,12 +284,22 @@ def _make_room(
             session.book.add(queue, amounts)
 
 
-def _evictions(session: Session, job: Job, chosen: Sequence[Victim], why: str) -> list[Evict]:
+def _evictions(
+    session: Session, job: Job, chosen: Sequence[Victim], why: str, *, action: str
+) -> list[Evict]:
     bound = session.snapshot.bound
     for v in chosen:
         session.evicted.update(v.rows)
     return [
-        Evict(bound[i].info.namespace, bound[i].info.name, bound[i].info.uid, why, job.key, v.gang)
+        Evict(
+            bound[i].info.namespace,
+            bound[i].info.name,
+            bound[i].info.uid,
+            why,
+            job.key,
+            v.gang,
+            action,
+        )
         for v in chosen
         for i in sorted(v.rows, key=_name_of(session))
     ]
@@ -334,7 +344,7 @@ class Preempt:
                     f"preempted by gang {job.label} (priority {job.priority}{by_rank}), which "
                     f"needs {job.size} pods and cannot fit otherwise"
                 )
-                decisions.extend(_evictions(session, job, chosen, why))
+                decisions.extend(_evictions(session, job, chosen, why, action="preempt"))
                 what, names = _names(chosen)
                 what = f"lower-priority {what}" if ahead else what
                 head = wait.reason.rstrip(".")
@@ -395,7 +405,7 @@ class Reclaim:
                     f"reclaimed by queue {queue} for gang {job.label}: queue(s) "
                     f"{', '.join(lenders)} borrowed beyond their nominal quota"
                 )
-                decisions.extend(_evictions(session, job, chosen, why))
+                decisions.extend(_evictions(session, job, chosen, why, action="reclaim"))
                 head = wait.reason.rstrip(".")
                 new_wait = Wait(
                     job,

@@ -205,6 +205,8 @@ class Evict:
     reason: str
     for_gang: tuple[str, str]
     victim_gang: tuple[str, str] | None = None
+    #: The action that chose it: ``preempt`` (within a queue) or ``reclaim`` (across).
+    action: str = "preempt"
 
 
 @dataclass(frozen=True)

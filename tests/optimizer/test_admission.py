@@ -299,6 +299,8 @@ def test_a_higher_priority_gang_preempts_a_whole_lower_one_through_evictions(
     [outcome] = _train(admitter.cycle())
     assert outcome.message.endswith("preempting 1 lower-priority gang(s): ml/low")
     assert server.get("pods", NAMESPACE, "low-0") is None  # evicted
+    preemptions = admitter.metrics.registry.get_sample_value
+    assert preemptions("stowage_controller_preemptions_total", {"action": "preempt"}) == 2
     [preempted] = _events(server, "Preempted")
     assert preempted["message"].startswith("preempted by gang ml/train (priority 1000)")
     clock.advance(10)
@@ -394,3 +396,58 @@ def test_pods_changed_since_they_were_read_are_reread_not_clobbered(
     assert all(
         p["spec"]["schedulingGates"] == [{"name": "example.com/quota"}] for p in _members(server)
     )
+
+
+def test_the_cycle_is_measured_waiting_gangs_counted_and_admission_waits_observed(
+    cluster: tuple[FakeApiServer, KubeApi], engine: Engine
+) -> None:
+    """A 4 x 8-GPU gang created at noon waits (no rack has four free nodes), past its
+    10-minute timeout, then is admitted 15 minutes after it was created: the metrics Grafana
+    and the alert rules read say so."""
+    server, api = cluster
+    clock = WallClock()
+    for i in range(4):
+        pod = _pod(f"train-{i}", gang="train")
+        pod["metadata"]["creationTimestamp"] = clock.now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        server.put("v1/pods", pod)
+    admitter = _admitter(api, engine, clock)
+    admitter.cycle()
+    value = admitter.metrics.registry.get_sample_value
+    assert value("stowage_controller_pending_gangs", {"queue": "", "reason": "no-room"}) == 1
+    assert value("stowage_controller_pending_gpus", {"queue": ""}) == 32
+    assert value("stowage_controller_admissions_total", {"queue": ""}) is None
+    for step in ("observe", "plan", "commit"):
+        assert value("stowage_controller_cycle_duration_seconds_count", {"step": step}) == 1
+    assert value("stowage_controller_gangs_past_timeout", {"queue": ""}) is None
+    assert value("stowage_controller_ungated_gang_pods") == 0
+    clock.advance(700)
+    admitter.cycle()
+    assert value("stowage_controller_gangs_past_timeout", {"queue": ""}) == 1
+    server.objects["v1/pods", "other", "busy-b0"].delete()
+    clock.advance(200)
+    admitter.cycle()
+    assert value("stowage_controller_pending_gangs", {"queue": "", "reason": "no-room"}) is None
+    assert value("stowage_controller_gangs_past_timeout", {"queue": ""}) is None
+    assert value("stowage_controller_admissions_total", {"queue": ""}) == 1
+    assert value("stowage_controller_gang_wait_seconds_count", {"queue": ""}) == 1
+    assert value("stowage_controller_gang_wait_seconds_sum", {"queue": ""}) == 900
+    assert value("stowage_controller_gang_wait_seconds_bucket", {"queue": "", "le": "300.0"}) == 0
+    assert value("stowage_controller_gang_wait_seconds_bucket", {"queue": "", "le": "900.0"}) == 1
+
+
+def test_members_that_slipped_past_the_gate_are_reported_and_counted(
+    cluster: tuple[FakeApiServer, KubeApi], engine: Engine
+) -> None:
+    """Two of a gang's four pods were created while the webhook did not answer (no gate)."""
+    server, api = cluster
+    for i in range(4):
+        pod = _pod(f"train-{i}", gang="train")
+        if i < 2:
+            del pod["spec"]["schedulingGates"]
+        server.put("v1/pods", pod)
+    admitter = _admitter(api, engine, WallClock())
+    admitter.cycle()
+    [event, *_] = _events(server, "GangMemberUngated")
+    assert event["message"].startswith("2 pod(s) of gang train run without the stowage.io/gang")
+    value = admitter.metrics.registry.get_sample_value
+    assert value("stowage_controller_ungated_gang_pods") == 2

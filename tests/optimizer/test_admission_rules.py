@@ -391,6 +391,8 @@ def test_a_pin_kube_scheduler_refuses_rolls_the_gang_back(
     assert status is not None
     assert status.phase == WAITING
     assert "rolled back: train-0 is pinned to a1, which kube-scheduler refuses" in status.message
+    rollbacks = admitter.metrics.registry.get_sample_value
+    assert rollbacks("stowage_controller_rollbacks_total", {"reason": "node-refused"}) == 1
     for i in range(2):  # the recreated twins
         fake.put("v1/pods", _pod(f"train-new-{i}"))
     clock.advance(10)
@@ -412,6 +414,8 @@ def test_a_pin_left_unbound_past_the_deadline_rolls_the_gang_back(
     clock.advance(300)
     admitter.cycle()
     assert _gang_pods(fake) == []
+    rollbacks = admitter.metrics.registry.get_sample_value
+    assert rollbacks("stowage_controller_rollbacks_total", {"reason": "bind-deadline"}) == 1
 
 
 def test_the_production_controller_takes_policy_and_topology_levels_from_settings(
@@ -435,6 +439,7 @@ def test_the_production_controller_takes_policy_and_topology_levels_from_setting
     controller = Controller(api, engine, settings, clock=WallClock())
     assert controller.step()
     assert sorted(pinned_node(p) or "" for p in _gang_pods(fake)) == ["a2", "a3"]
+    assert controller.metrics.registry.get_sample_value("stowage_controller_leader") == 1
 
 
 @pytest.mark.parametrize(

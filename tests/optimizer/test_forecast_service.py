@@ -428,3 +428,20 @@ def test_metrics_export_forecast_and_actual(
         if s.labels == {"scope": "cluster", "step": "3600s", "quantile": "0.5"}
     ]
     assert p50 == pytest.approx(row.payload["points"][2]["p50"])
+    # the peak ahead (what the capacity alert compares) and the capacity the forecast saw
+    peaks = {
+        (s.labels["scope"], s.labels["step"]): s.value
+        for f in text_string_to_metric_families(client.get("/metrics").text)
+        if f.name == "stowage_forecast_gpu_demand_peak_gpus"
+        for s in f.samples
+    }
+    assert peaks["cluster", "3600s"] == pytest.approx(
+        max(p["p90"] for p in row.payload["points"][2:])
+    )
+    capacity = {
+        s.labels["scope"]: s.value
+        for f in text_string_to_metric_families(client.get("/metrics").text)
+        if f.name == "stowage_gpu_capacity_gpus"
+        for s in f.samples
+    }
+    assert capacity["cluster"] == row.payload["capacity_gpus"]
