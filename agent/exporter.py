@@ -5,6 +5,12 @@ time (nothing is sampled twice, nothing goes stale in a gauge). The agent's own 
 (collection time, report failures, buffered and dropped reports) uses ordinary counters and
 a histogram. Every metric is registered on a registry passed in, so tests use a fresh one.
 Names follow Prometheus rules: base units, ``_total`` counters, ``_ratio`` for 0-1 values.
+
+Every per-GPU series carries, as dcgm-exporter's do, the GPU's model (``model``: Prometheus
+wants snake_case label names, so dcgm-exporter's ``modelName`` is added by the recording
+rules) and the ``namespace``, ``pod`` and ``container`` of the one container whose processes
+run on the GPU (empty when none or several do); ``helm/stowage/files/dcgm-compat.yaml``
+records them under the ``DCGM_FI_*`` names, units and labels.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from agent.collector import Collection
 from shared.report import GpuHealth, GpuSample, NodeReport
 
 DEFAULT_PORT: Final = 9402
-_GPU_LABELS: Final = ("node", "gpu", "uuid")
-_POD_LABELS: Final = ("node", "gpu", "uuid", "namespace", "pod", "container")
+_GPU_LABELS: Final = ("node", "gpu", "uuid", "model", "namespace", "pod", "container")
+#: The per-pod series: the GPU's labels, the pod's own in the last three.
+_POD_LABELS: Final = _GPU_LABELS
 
 
 class GpuMetricsCollector(Collector):
@@ -54,7 +61,7 @@ def _node_metrics(report: NodeReport) -> Iterator[Metric]:
     info = _gauge(
         "stowage_gpu_info",
         "GPU identity; always 1.",
-        (*_GPU_LABELS, "model", "pci_bus_id", "driver_version", "cuda_version", "clique"),
+        (*_GPU_LABELS, "pci_bus_id", "driver_version", "cuda_version", "clique"),
     )
     total = _gauge("stowage_gpu_memory_total_bytes", "GPU framebuffer size in bytes.")
     health = _gauge(
@@ -64,13 +71,13 @@ def _node_metrics(report: NodeReport) -> Iterator[Metric]:
         "stowage_gpu_nvlinks", "NVLinks between this GPU and a peer GPU.", (*_GPU_LABELS, "peer")
     )
     labels_of: dict[str, list[str]] = {}
+    owners = {s.gpu_uuid: _sole_owner(s) for s in report.samples}
     for gpu in report.gpus:
-        labels = [node, str(gpu.index), gpu.uuid]
+        labels = [node, str(gpu.index), gpu.uuid, gpu.product, *owners.get(gpu.uuid, ("", "", ""))]
         labels_of[gpu.uuid] = labels
         info.add_metric(
             [
                 *labels,
-                gpu.product,
                 gpu.pci_bus_id,
                 report.driver_version or "",
                 report.cuda_version or "",
@@ -157,12 +164,13 @@ def _sample_metrics(samples: list[GpuSample], labels_of: dict[str, list[str]]) -
             ecc.add_metric([*labels, "corrected"], sample.ecc.corrected_total)
             ecc.add_metric([*labels, "uncorrected"], sample.ecc.uncorrected_total)
         xid.add_metric(labels, sample.xid_total)
+        gpu_labels = labels[:4]
         for pod_labels, (share, memory) in _pod_shares(sample).items():
             if sample.util_ratio is not None:
-                pod_util.add_metric([*labels, *pod_labels], sample.util_ratio * share)
-            pod_mem.add_metric([*labels, *pod_labels], memory)
+                pod_util.add_metric([*gpu_labels, *pod_labels], sample.util_ratio * share)
+            pod_mem.add_metric([*gpu_labels, *pod_labels], memory)
         for pod_labels, ratio in _pod_sm(sample).items():
-            pod_sm.add_metric([*labels, *pod_labels], ratio)
+            pod_sm.add_metric([*gpu_labels, *pod_labels], ratio)
     yield from (
         util,
         mem_util,
@@ -181,6 +189,17 @@ def _sample_metrics(samples: list[GpuSample], labels_of: dict[str, list[str]]) -
         pod_mem,
         pod_sm,
     )
+
+
+def _sole_owner(sample: GpuSample) -> tuple[str, str, str]:
+    """(namespace, pod, container) of the one container running processes on the GPU, or
+    empty strings when none or several do."""
+    owners = {
+        (p.namespace, p.pod, p.container or "")
+        for p in sample.processes
+        if p.namespace is not None and p.pod is not None
+    }
+    return owners.pop() if len(owners) == 1 else ("", "", "")
 
 
 def _pod_shares(sample: GpuSample) -> dict[tuple[str, str, str], tuple[float, int]]:

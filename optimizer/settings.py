@@ -159,6 +159,16 @@ class OptimizerSettings(BaseSettings):
         description="The Kubernetes controller (node labels, gang admission): off; dry-run "
         "(plans, events, audit, no mutation); enforce.",
     )
+    label_grace_s: Annotated[float, Field(ge=0)] = Field(
+        default=300.0,
+        description="A node whose agent went stale keeps its labels; after this much longer "
+        "its stowage.io/gpu.health says unknown.",
+    )
+    gfd_labels: Literal["defer", "duplicate"] = Field(
+        default="defer",
+        description="defer: where GPU Feature Discovery labels a node (nvidia.com/gpu.product, "
+        ".count, .memory), Stowage does not write its own copies; duplicate: write them anyway.",
+    )
     controller_namespace: str = Field(
         default="stowage", description="Namespace of the leader-election Lease (the pod's own)."
     )

@@ -1,6 +1,7 @@
 """The alert rules (helm/stowage/files/alerts.yaml): valid for Prometheus, each one's firing
 and silence unit-tested with ``promtool test rules``, every metric they use one that
-Stowage exports, and the chart's PrometheusRule carrying the same groups."""
+Stowage exports, and the chart's PrometheusRule carrying the same groups; the dcgm-exporter
+recording rules (files/dcgm-compat.yaml) unit-tested the same way."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "helm" / "stowage" / "files" / "alerts.yaml"
 TESTS = ROOT / "tests" / "alerts" / "stowage_alerts_test.yaml"
+DCGM = ROOT / "helm" / "stowage" / "files" / "dcgm-compat.yaml"
+DCGM_TESTS = ROOT / "tests" / "alerts" / "dcgm_compat_test.yaml"
 
 
 def _promtool() -> str:
@@ -60,7 +63,8 @@ def test_the_rules_use_only_metrics_stowage_exports() -> None:
                 declared |= {name, f"{name}_total"}
     used = {
         name
-        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for path in (RULES, DCGM)
+        for g in yaml.safe_load(path.read_text())["groups"]
         for r in g["rules"]
         for name in re.findall(r"\bstowage_[a-z0-9_]+", r["expr"])
     }
@@ -68,11 +72,14 @@ def test_the_rules_use_only_metrics_stowage_exports() -> None:
     assert used <= declared, sorted(used - declared)
 
 
-def test_the_charts_prometheus_rule_carries_the_same_groups() -> None:
+@pytest.mark.parametrize("dcgm", [False, True])
+def test_the_charts_prometheus_rule_carries_the_same_groups(dcgm: bool) -> None:
     import helm_python as helm
 
     rendered = helm.Chart.load(ROOT / "helm" / "stowage").render(
-        {"metrics": {"prometheusRule": {"enabled": True}}}, name="stowage", namespace="gpu"
+        {"metrics": {"prometheusRule": {"enabled": True, "dcgmCompat": dcgm}}},
+        name="stowage",
+        namespace="gpu",
     )
     [rule] = [
         doc
@@ -81,4 +88,12 @@ def test_the_charts_prometheus_rule_carries_the_same_groups() -> None:
         for doc in yaml.safe_load_all(text)
         if doc and doc["kind"] == "PrometheusRule"
     ]
-    assert rule["spec"] == yaml.safe_load(RULES.read_text())
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    if dcgm:
+        groups += yaml.safe_load(DCGM.read_text())["groups"]
+    assert rule["spec"] == {"groups": groups}
+
+
+def test_the_dcgm_recording_rules_give_dcgm_names_units_and_labels() -> None:
+    assert "SUCCESS: 15 rules found" in _run("check", "rules", DCGM)
+    assert "SUCCESS" in _run("test", "rules", DCGM_TESTS.name, cwd=DCGM_TESTS.parent)

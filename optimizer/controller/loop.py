@@ -75,8 +75,14 @@ class Controller:
             clock=clock,
         )
         self.labeller = NodeLabeller(
-            api, audit, pool_of=settings.pool_of, dry_run=dry_run, view=view
+            api,
+            audit,
+            pool_of=settings.pool_of,
+            dry_run=dry_run,
+            view=view,
+            defer_to_gfd=settings.gfd_labels == "defer",
         )
+        self._label_grace = timedelta(seconds=settings.label_grace_s)
         self.metrics = ControllerMetrics(registry or CollectorRegistry())
         self.admitter = GangAdmitter(
             api,
@@ -134,6 +140,19 @@ class Controller:
         with Session(self._engine) as session:
             return latest_topologies(session, seen_since=self._clock() - self._stale_after)
 
+    def known_reports(self) -> Mapping[str, NodeReport]:
+        """The latest topology of every node that ever reported, quiet agents' included."""
+        with Session(self._engine) as session:
+            return latest_topologies(session, seen_since=datetime(1970, 1, 1, tzinfo=UTC))
+
+    def lapsed(self) -> frozenset[str]:
+        """Nodes whose agent has been quiet for longer than stale plus the label grace."""
+        with Session(self._engine) as session:
+            quiet = stale_nodes(
+                session, seen_before=self._clock() - self._stale_after - self._label_grace
+            )
+        return frozenset(quiet)
+
     def stale(self) -> set[str]:
         """Nodes whose agent reported once but has gone quiet: no new gang goes there."""
         with Session(self._engine) as session:
@@ -146,7 +165,7 @@ class Controller:
         if not leading:
             return False
         try:
-            self.labeller.sync(self.reports())
+            self.labeller.sync(self.known_reports(), lapsed=self.lapsed())
             if self.elector.is_leader:  # the lease may lapse during a slow pass
                 self.admitter.cycle()
                 if self.admitter.last_snapshot is not None:

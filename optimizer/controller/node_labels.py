@@ -6,7 +6,14 @@ docs/operations.md); :func:`label_changes` diffs them against the node's current
 touching only keys Stowage owns, and validates every key and value with the same rules the
 API server applies, so an invalid label is never sent. :class:`NodeLabeller` applies the
 changes: one merge patch per node that changed, guarded by the node's resourceVersion, each
-audited, none sent in dry-run mode. A node whose agent went stale loses its Stowage labels.
+audited, none sent in dry-run mode.
+
+Labels outlive an agent outage, so Kueue flavors and affinities built on them keep their
+nodes: a node whose agent went quiet keeps the labels of its last report, and once it has
+been quiet for longer than a grace its ``stowage.io/gpu.health`` says ``unknown``. Only a
+node that never reported (or whose record is gone) carries none. Where GPU Feature
+Discovery already labels the node (``nvidia.com/gpu.product``, ``.count``, ``.memory``),
+Stowage does not write its own copy of that label unless told to duplicate them.
 """
 
 from __future__ import annotations
@@ -45,8 +52,38 @@ log = structlog.get_logger(__name__)
 VERB: Final = "label-node"
 
 
-def desired_labels(report: NodeReport | None, *, pool: str | None = None) -> dict[str, str]:
-    """The Stowage labels a node should carry; none for a node without a fresh report."""
+#: Stowage labels GPU Feature Discovery also writes, and GFD's key for each.
+GFD_EQUIVALENTS: Final = {
+    NODE_GPU_PRODUCT: "nvidia.com/gpu.product",
+    NODE_GPU_COUNT: "nvidia.com/gpu.count",
+    NODE_GPU_MEMORY_MIB: "nvidia.com/gpu.memory",
+}
+#: ``stowage.io/gpu.health`` of a node whose agent has been quiet past the grace.
+UNKNOWN: Final = "unknown"
+
+
+def desired_labels(
+    report: NodeReport | None,
+    *,
+    pool: str | None = None,
+    lapsed: bool = False,
+    present: Mapping[str, str] | None = None,
+    defer_to_gfd: bool = False,
+) -> dict[str, str]:
+    """The Stowage labels a node should carry: from its latest report (none without one);
+    ``lapsed``: its agent has been quiet past the grace (health ``unknown``);
+    ``defer_to_gfd``: leave out the labels GFD already put on the node (``present``)."""
+    labels = _from_report(report, pool=pool)
+    if lapsed and NODE_GPU_HEALTH in labels:
+        labels[NODE_GPU_HEALTH] = UNKNOWN
+    if defer_to_gfd:
+        for ours, theirs in GFD_EQUIVALENTS.items():
+            if theirs in (present or {}):
+                labels.pop(ours, None)
+    return labels
+
+
+def _from_report(report: NodeReport | None, *, pool: str | None) -> dict[str, str]:
     if report is None:
         return {}
     labels: dict[str, str] = {}
@@ -117,6 +154,7 @@ class NodeLabeller:
         pool_of: node name -> pool name (or None), from the settings.
         dry_run: plan and audit, never patch.
         view: where nodes are read (default: listed from the API on every pass).
+        defer_to_gfd: leave GPU Feature Discovery's labels to it (see the module).
     """
 
     def __init__(
@@ -127,15 +165,20 @@ class NodeLabeller:
         pool_of: Callable[[str], str | None] = lambda _: None,
         dry_run: bool = True,
         view: ClusterView | None = None,
+        defer_to_gfd: bool = False,
     ) -> None:
         self._api = api
         self._view = view or LiveView(api)
         self._audit = audit
         self._pool_of = pool_of
         self._dry_run = dry_run
+        self._defer_to_gfd = defer_to_gfd
 
-    def sync(self, reports: Mapping[str, NodeReport]) -> list[LabelChange]:
-        """One pass over the cluster's nodes; ``reports`` holds the fresh ones only.
+    def sync(
+        self, reports: Mapping[str, NodeReport], *, lapsed: frozenset[str] = frozenset()
+    ) -> list[LabelChange]:
+        """One pass over the cluster's nodes. ``reports``: every node's latest report, quiet
+        agents' included; ``lapsed``: nodes whose agent has been quiet past the grace.
 
         Returns the changes it made (or, in dry-run, would make). A node that changed under
         it (409) is skipped and retried on the next pass.
@@ -145,14 +188,26 @@ class NodeLabeller:
             meta: dict[str, Any] = node["metadata"]
             name = meta["name"]
             current = meta.get("labels") or {}
-            change = label_changes(
-                name, current, desired_labels(reports.get(name), pool=self._pool_of(name))
+            desired = desired_labels(
+                reports.get(name),
+                pool=self._pool_of(name),
+                lapsed=name in lapsed,
+                present=current,
+                defer_to_gfd=self._defer_to_gfd,
             )
+            change = label_changes(name, current, desired)
             for problem in change.rejected:
                 log.error("node label not sent", node=name, problem=problem)
             if not change.changes:
                 continue
-            reason = _describe(change, stale=name not in reports)
+            reason = _describe(
+                change,
+                why="agent report is missing"
+                if name not in reports
+                else "agent quiet past the grace"
+                if name in lapsed
+                else "agent report changed",
+            )
             if self._dry_run:
                 self._audit(verb=VERB, obj=f"node/{name}", reason=reason, outcome="dry-run")
                 done.append(change)
@@ -169,10 +224,9 @@ class NodeLabeller:
         return done
 
 
-def _describe(change: LabelChange, *, stale: bool) -> str:
+def _describe(change: LabelChange, *, why: str) -> str:
     parts = [
         f"{key}={value}" if value is not None else f"-{key}"
         for key, value in sorted(change.changes.items())
     ]
-    why = "agent report is stale or missing" if stale else "agent report changed"
     return f"{why}: {', '.join(parts)}"

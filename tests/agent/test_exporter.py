@@ -114,6 +114,15 @@ def test_values_and_labels_follow_the_report(tmp_path: Path) -> None:
     [process] = report.samples[2].processes
     assert pod_sm[("llama-pretrain-0", "2")] == process.sm_util_ratio
     assert samples["stowage_agent_report_failures_total"][0][1] == 1.0
+    # per-GPU series name the one container running on the GPU, as dcgm-exporter's do
+    owner = {
+        labels["gpu"]: (labels["model"], labels["namespace"], labels["pod"], labels["container"])
+        for labels, _ in samples["stowage_gpu_power_watts"]
+    }
+    assert owner["2"] == ("NVIDIA H100 80GB HBM3", "ml", "llama-pretrain-0", process.container)
+    idle = [gpu for gpu, (_, _, pod, _) in owner.items() if pod == ""]
+    running = {s.gpu_uuid for s in report.samples if s.processes}
+    assert len(idle) == len(report.samples) - len(running)
 
 
 def test_no_collection_yet_exports_only_agent_health() -> None:

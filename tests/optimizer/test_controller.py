@@ -15,7 +15,7 @@ from optimizer.controller.loop import Controller
 from optimizer.settings import OptimizerSettings
 from optimizer.store.queries import audit_entries
 from optimizer.store.reports import ingest_report
-from shared.labels import NODE_GPU_COUNT
+from shared.labels import NODE_GPU_COUNT, NODE_GPU_HEALTH, NODE_GPU_MEMORY_MIB, NODE_GPU_PRODUCT
 from shared.samples import DGX_H100, build_report
 from tests.optimizer.conftest import WallClock
 
@@ -102,3 +102,53 @@ def test_a_node_whose_agent_went_quiet_is_stale_for_the_planner(
     clock.advance(61)  # past STOWAGE_STALE_AFTER_S
     assert controller.stale() == {"gpu-1"}
     assert controller.reports() == {}
+
+
+def test_labels_outlive_an_agent_outage_and_say_when_health_is_unknown(
+    cluster: tuple[FakeApiServer, KubeApi], engine: Engine, tmp_path: Path
+) -> None:
+    """The agent reports, then goes quiet: past the stale time (60 s) the labels stay (Kueue
+    flavors keep the node); past the grace (300 s more) only the health turns unknown; the
+    agent's return puts it back."""
+    server, api = cluster
+    clock = WallClock()
+    _agent_reports(engine, clock)
+    controller = Controller(api, engine, _settings(tmp_path, "replica-a"), clock=clock)
+
+    def labels() -> dict[str, str]:
+        node = server.get("nodes", None, "gpu-1")
+        assert node is not None
+        return {k: v for k, v in node["metadata"]["labels"].items() if k.startswith("stowage.io/")}
+
+    assert controller.step()
+    reported = labels()
+    assert reported[NODE_GPU_HEALTH] == "ok"
+    clock.advance(120)  # stale
+    assert controller.step()
+    assert labels() == reported
+    clock.advance(300)  # quiet past the grace
+    assert controller.step()
+    assert labels() == {**reported, NODE_GPU_HEALTH: "unknown"}
+    _agent_reports(engine, clock)
+    assert controller.step()
+    assert labels() == reported
+
+
+def test_where_gpu_feature_discovery_labels_the_node_its_labels_are_not_copied(
+    engine: Engine, tmp_path: Path
+) -> None:
+    with serve() as (server, client):
+        gfd = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.count": "8"}
+        server.put("v1/nodes", {"metadata": {"name": "gpu-1", "labels": gfd}})
+        clock = WallClock()
+        _agent_reports(engine, clock)
+        for mode, copied in (("defer", False), ("duplicate", True)):
+            settings = _settings(tmp_path, "replica-a").model_copy(update={"gfd_labels": mode})
+            assert Controller(KubeApi(client), engine, settings, clock=clock).step()
+            node = server.get("nodes", None, "gpu-1")
+            assert node is not None
+            labels = node["metadata"]["labels"]
+            assert (NODE_GPU_PRODUCT in labels) == copied
+            assert (NODE_GPU_COUNT in labels) == copied
+            assert NODE_GPU_MEMORY_MIB in labels  # GFD's nvidia.com/gpu.memory is absent here
+            clock.advance(20)  # past the lease: the next controller leads

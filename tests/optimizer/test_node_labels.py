@@ -112,7 +112,7 @@ def test_labeller_patches_what_changed_and_leaves_foreign_labels_alone(
         ("label-node", "node/fresh", "applied"),
         ("label-node", "node/stale", "applied"),
     }
-    assert any("stale" in e["reason"] for e in entries)
+    assert any("agent report is missing" in e["reason"] for e in entries)
 
 
 def test_dry_run_audits_and_sends_nothing(
@@ -126,3 +126,33 @@ def test_dry_run_audits_and_sends_nothing(
     assert _labels(server, "n") == FOREIGN
     with Session(engine) as session:
         assert [e["outcome"] for e in audit_entries(session)] == ["dry-run"]
+
+
+@pytest.mark.parametrize(
+    ("lapsed", "present", "defer", "absent", "health"),
+    [
+        pytest.param(False, {}, True, set(), "ok", id="fresh"),
+        pytest.param(True, {}, False, set(), "unknown", id="quiet-past-the-grace"),
+        pytest.param(
+            False,
+            {"nvidia.com/gpu.product": "H100", "nvidia.com/gpu.memory": "81559"},
+            True,
+            {NODE_GPU_PRODUCT, "stowage.io/gpu.memory-mib"},
+            "ok",
+            id="gfd-labels-deferred-to",
+        ),
+        pytest.param(
+            False, {"nvidia.com/gpu.product": "H100"}, False, set(), "ok", id="gfd-duplicated"
+        ),
+    ],
+)
+def test_desired_labels_through_outages_and_beside_gfd(
+    lapsed: bool, present: dict[str, str], defer: bool, absent: set[str], health: str
+) -> None:
+    labels = desired_labels(
+        build_report(DGX_H100, node_name="n"), lapsed=lapsed, present=present, defer_to_gfd=defer
+    )
+    assert labels[NODE_GPU_HEALTH] == health
+    assert absent.isdisjoint(labels)
+    assert labels[NODE_GPU_COUNT] == "8"  # GFD's count is not on these nodes
+    assert desired_labels(None, lapsed=lapsed) == {}  # never reported: nothing
