@@ -61,7 +61,7 @@ def _node_metrics(report: NodeReport) -> Iterator[Metric]:
     info = _gauge(
         "stowage_gpu_info",
         "GPU identity; always 1.",
-        (*_GPU_LABELS, "pci_bus_id", "driver_version", "cuda_version", "clique"),
+        (*_GPU_LABELS, "pci_bus_id", "numa_node", "driver_version", "cuda_version", "clique"),
     )
     total = _gauge("stowage_gpu_memory_total_bytes", "GPU framebuffer size in bytes.")
     health = _gauge(
@@ -79,6 +79,7 @@ def _node_metrics(report: NodeReport) -> Iterator[Metric]:
             [
                 *labels,
                 gpu.pci_bus_id,
+                "" if gpu.numa_node is None else str(gpu.numa_node),
                 report.driver_version or "",
                 report.cuda_version or "",
                 gpu.clique or "",

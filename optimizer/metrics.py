@@ -49,15 +49,23 @@ ROLLBACKS: Final = "stowage_controller_rollbacks"
 #: Every name above; counters are exposed with a ``_total`` suffix, histograms with
 #: ``_bucket``, ``_sum`` and ``_count``.
 NAMES: Final = frozenset(
-    value for name, value in dict(globals()).items() if name.isupper() and isinstance(value, str)
+    value
+    for name, value in dict(globals()).items()
+    if name.isupper() and isinstance(value, str) and value.startswith("stowage_")
 )
 
+#: Why an admitted gang was rolled back (admission.py).
+ROLLBACK_CAUSES: Final = ("node-refused", "failed-scheduling", "bind-deadline")
 #: Gang waits span seconds (room was there) to days (a big gang behind a busy queue).
 WAIT_BUCKETS: Final = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14_400, 43_200, 86_400, 259_200)
 
 
+#: The ``queue`` label of gangs that name no queue (Prometheus drops empty label values).
+NO_QUEUE_LABEL: Final = "none"
+
+
 def _queue(job: Job) -> str:
-    return job.queue or ""
+    return job.queue or NO_QUEUE_LABEL
 
 
 class ControllerMetrics:
@@ -127,6 +135,11 @@ class ControllerMetrics:
             ["reason"],
             registry=registry,
         )
+        # known label values start at 0, so a dashboard's rate exists before the first event
+        for action in ("preempt", "reclaim"):
+            self.preemptions.labels(action)
+        for cause in ROLLBACK_CAUSES:
+            self.rollbacks.labels(cause)
 
     def record_plan(
         self,
@@ -152,8 +165,9 @@ class ControllerMetrics:
                 gpus[queue] = gpus.get(queue, 0.0) + _gpus(wait.job.pending)
                 created = created_s.get(wait.job.label)
                 timeout = timeouts_s.get(wait.job.label)
-                if created is not None and timeout is not None and now_s - created > timeout:
-                    late[queue] += 1
+                late[queue] += int(
+                    created is not None and timeout is not None and now_s - created > timeout
+                )
         self.pending_gangs.clear()
         for (queue, reason), count in waiting.items():
             self.pending_gangs.labels(queue, reason).set(count)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -24,3 +26,14 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def prometheus_binary(name: str) -> str:
+    """The path of Debian's ``prometheus`` package's ``name`` (``prometheus``, ``promtool``):
+    skip the calling test without it, fail under CI (.ci/run installs the package)."""
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have {name}: .ci/run installs Debian's prometheus package")
+        pytest.skip(f"{name} not installed (Debian package 'prometheus'; .ci/run installs it)")
+    return found

@@ -5,14 +5,14 @@ recording rules (files/dcgm-compat.yaml) unit-tested the same way."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import prometheus_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "helm" / "stowage" / "files" / "alerts.yaml"
@@ -21,18 +21,13 @@ DCGM = ROOT / "helm" / "stowage" / "files" / "dcgm-compat.yaml"
 DCGM_TESTS = ROOT / "tests" / "alerts" / "dcgm_compat_test.yaml"
 
 
-def _promtool() -> str:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must have promtool: .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool not installed (Debian package 'prometheus'; .ci/run installs it)")
-    return promtool
-
-
 def _run(*args: str | Path, cwd: Path = ROOT) -> str:
     done = subprocess.run(
-        [_promtool(), *map(str, args)], capture_output=True, text=True, check=False, cwd=cwd
+        [prometheus_binary("promtool"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout

@@ -48,6 +48,8 @@ class ApiMetrics:
             ["status"],
             registry=registry,
         )
+        for status in ("401", "403"):  # known values start at 0, so rates exist from the start
+            self.denied.labels(status)
 
 
 class RefusalWindow:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,6 +14,7 @@ from agent.fake.machine import FakeMachine
 from agent.pods import PodAttributor
 from agent.profile import load_profile
 from tests.agent.helpers import ManualClock, fake_collector
+from tests.conftest import prometheus_binary
 
 STABLE_NAMES = [
     "stowage_gpu_info",
@@ -149,11 +147,7 @@ def test_lost_gpu_is_visible_in_health(tmp_path: Path) -> None:
 
 
 def test_promtool_accepts_the_exposition(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must have promtool: .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool not installed (Debian package 'prometheus'; .ci/run installs it)")
+    promtool = prometheus_binary("promtool")
     text, _ = _exposition(tmp_path)
     done = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, check=False

@@ -413,26 +413,31 @@ def test_the_cycle_is_measured_waiting_gangs_counted_and_admission_waits_observe
     admitter = _admitter(api, engine, clock)
     admitter.cycle()
     value = admitter.metrics.registry.get_sample_value
-    assert value("stowage_controller_pending_gangs", {"queue": "", "reason": "no-room"}) == 1
-    assert value("stowage_controller_pending_gpus", {"queue": ""}) == 32
-    assert value("stowage_controller_admissions_total", {"queue": ""}) is None
+    assert value("stowage_controller_pending_gangs", {"queue": "none", "reason": "no-room"}) == 1
+    assert value("stowage_controller_pending_gpus", {"queue": "none"}) == 32
+    assert value("stowage_controller_admissions_total", {"queue": "none"}) is None
     for step in ("observe", "plan", "commit"):
         assert value("stowage_controller_cycle_duration_seconds_count", {"step": step}) == 1
-    assert value("stowage_controller_gangs_past_timeout", {"queue": ""}) is None
+    assert value("stowage_controller_gangs_past_timeout", {"queue": "none"}) == 0
     assert value("stowage_controller_ungated_gang_pods") == 0
+    assert value("stowage_controller_rollbacks_total", {"reason": "bind-deadline"}) == 0
     clock.advance(700)
     admitter.cycle()
-    assert value("stowage_controller_gangs_past_timeout", {"queue": ""}) == 1
+    assert value("stowage_controller_gangs_past_timeout", {"queue": "none"}) == 1
     server.objects["v1/pods", "other", "busy-b0"].delete()
     clock.advance(200)
     admitter.cycle()
-    assert value("stowage_controller_pending_gangs", {"queue": "", "reason": "no-room"}) is None
-    assert value("stowage_controller_gangs_past_timeout", {"queue": ""}) is None
-    assert value("stowage_controller_admissions_total", {"queue": ""}) == 1
-    assert value("stowage_controller_gang_wait_seconds_count", {"queue": ""}) == 1
-    assert value("stowage_controller_gang_wait_seconds_sum", {"queue": ""}) == 900
-    assert value("stowage_controller_gang_wait_seconds_bucket", {"queue": "", "le": "300.0"}) == 0
-    assert value("stowage_controller_gang_wait_seconds_bucket", {"queue": "", "le": "900.0"}) == 1
+    assert value("stowage_controller_pending_gangs", {"queue": "none", "reason": "no-room"}) is None
+    assert value("stowage_controller_gangs_past_timeout", {"queue": "none"}) is None
+    assert value("stowage_controller_admissions_total", {"queue": "none"}) == 1
+    assert value("stowage_controller_gang_wait_seconds_count", {"queue": "none"}) == 1
+    assert value("stowage_controller_gang_wait_seconds_sum", {"queue": "none"}) == 900
+    assert (
+        value("stowage_controller_gang_wait_seconds_bucket", {"queue": "none", "le": "300.0"}) == 0
+    )
+    assert (
+        value("stowage_controller_gang_wait_seconds_bucket", {"queue": "none", "le": "900.0"}) == 1
+    )
 
 
 def test_members_that_slipped_past_the_gate_are_reported_and_counted(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from optimizer.store import migrate
 from optimizer.store.engine import make_engine
 from optimizer.store.models import AuditEntry, Sample
 from shared.report import NodeReport
+from tests.conftest import prometheus_binary
 from tests.optimizer.conftest import TOKENS, WallClock, auth, build_app
 from tests.optimizer.reports import later, samples_report, topology_report, with_process
 
@@ -250,9 +250,7 @@ def test_metrics_pass_promtool(client: TestClient, clock: WallClock) -> None:
     assert 'stowage_optimizer_reports_total{outcome="stored"} 1.0' in text
     assert 'stowage_optimizer_reports_total{outcome="invalid"} 1.0' in text
     assert 'stowage_cluster_gpus{model="NVIDIA H100 80GB HBM3",state="free"} 8.0' in text
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package 'prometheus')")
+    promtool = prometheus_binary("promtool")
     done = subprocess.run(
         [promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False
     )
