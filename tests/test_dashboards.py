@@ -27,7 +27,7 @@ import httpx
 import pytest
 import uvicorn
 import yaml
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from agent.fake.machine import FakeMachine
@@ -45,7 +45,7 @@ from optimizer.settings import OptimizerSettings
 from optimizer.store import forecasts as store
 from optimizer.store import migrate
 from optimizer.store.engine import make_engine
-from optimizer.store.models import Gpu, Rollup
+from optimizer.store.models import Rollup
 from optimizer.store.samples import ROLLUP_LEVELS, bucket_start
 from shared.labels import NAMESPACE_ENABLED, SCHEDULING_GATE
 from tests.conftest import free_port, prometheus_binary
@@ -114,11 +114,11 @@ def _cluster(server: FakeApiServer) -> None:
         server.put("v1/pods", _pod(f"big-{i}", "big", 3, 8))
 
 
-def _history(engine: Engine, *, now: datetime) -> None:
+def _history(engine: Engine, gpus: list[str], *, now: datetime) -> None:
     """Two days of the past a live cluster would have (demand samples every 5 minutes, the
-    GPUs' 5-minute and hourly rollups), so the retraining job has series to forecast."""
+    GPUs' 5-minute and hourly rollups), so the retraining job has series to forecast.
+    Written before anything else writes: SQLite has one writer."""
     with Session(engine) as session, session.begin():
-        gpus = list(session.scalars(select(Gpu.uuid)))
         for k in range(1, 2 * 288):
             at = now - timedelta(minutes=5 * k + 10)
             busy = 8 + 4 * math.sin(2 * math.pi * at.hour / 24)
@@ -185,8 +185,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     threading.Thread(target=server.run, name="optimizer", daemon=True).start()
     _wait("optimizer", lambda: server.started)
     url = f"http://127.0.0.1:{port}"
-    machines: list[FakeMachine] = []
+    machines = [FakeMachine(load_profile(p), node_name=n) for n, p in NODES.items()]
+    gpus = [m.binding.uuid_of(i) for m in machines for i in range(len(m.profile.gpus))]
+    _history(engine, gpus, now=datetime.now(UTC))
     runners: list[AgentRunner] = []
+    threads: list[threading.Thread] = []
     agent_ports = []
     prometheus: subprocess.Popen[bytes] | None = None
     with serve() as (fake, client):
@@ -195,9 +198,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             KubeApi(client), engine, settings, registry=app.state.stowage.registry
         )
         try:
-            for name, profile in NODES.items():
-                machine = FakeMachine(load_profile(profile), node_name=name)
-                machines.append(machine)
+            for name, machine in zip(NODES, machines, strict=True):
                 agent_ports.append(free_port())
                 runner = AgentRunner(
                     settings=AgentSettings(
@@ -214,7 +215,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 )
                 runner.start()
                 runners.append(runner)
-                threading.Thread(target=runner.run, kwargs={"stop": stop}, daemon=True).start()
+                thread = threading.Thread(target=runner.run, kwargs={"stop": stop}, daemon=True)
+                thread.start()
+                threads.append(thread)
             _wait(
                 "agents' reports",
                 lambda: len(httpx.get(f"{url}/v1/nodes").json()["items"]) == len(NODES),
@@ -222,13 +225,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             for _ in range(4):  # the leader admits one gang, keeps the other waiting
                 controller.step()
                 time.sleep(1)
-            _history(engine, now=datetime.now(UTC))
             trained = controller.trainer.run_once()
             assert trained.trained, trained.skipped
             stepping = threading.Thread(
                 target=controller.run, args=(stop,), kwargs={"interval_s": 1}, daemon=True
             )
             stepping.start()
+            threads.append(stepping)
             web = free_port()
             config = {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -261,6 +264,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield result
         finally:
             stop.set()
+            for thread in threads:  # their last cycle ends before what they use is closed
+                thread.join(timeout=10)
             if prometheus is not None:
                 prometheus.terminate()
                 prometheus.wait(timeout=10)

@@ -30,6 +30,7 @@ from optimizer.api import (
     webhook,
     whatif,
 )
+from optimizer.api.docs import serve_docs
 from optimizer.api.limits import BodyLimit, TokenBuckets
 from optimizer.api.state import ApiMetrics, AppState
 from optimizer.auth import Authenticator
@@ -123,7 +124,10 @@ def create_app(
         version=__version__,
         description="Report ingest, cluster state and history for GPU scheduling.",
         lifespan=lifespan,
+        docs_url=None,  # both served from the package by optimizer.api.docs (work offline)
+        redoc_url=None,
     )
+    serve_docs(app)
     app.state.stowage = state
     app.add_middleware(
         BodyLimit,

@@ -69,8 +69,9 @@ def list_recommendations(
     settings = state.settings
     window_s = seconds(window, "window") if window else settings.rightsizing_window_s
     min_window_s = seconds(min_window, "min_window") if min_window else settings.idle_after_s
-    if window_s > MAX_WINDOW_S:
-        raise HTTPException(400, f"window: at most {MAX_WINDOW_S // 86_400} d")
+    for name, value in (("window", window_s), ("min_window", min_window_s)):
+        if value > MAX_WINDOW_S:
+            raise HTTPException(400, f"{name}: at most {MAX_WINDOW_S // 86_400} d")
     items = current(state, session, window_s=window_s, min_window_s=min_window_s)
     return {
         "window_s": window_s,

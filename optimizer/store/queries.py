@@ -281,11 +281,41 @@ def record_audit(
     )
 
 
-def audit_entries(session: Session, *, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest audit entries, newest first."""
-    rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit))
+def audit_entries(
+    session: Session,
+    *,
+    limit: int = 100,
+    before_id: int | None = None,
+    actor: str | None = None,
+    verb: str | None = None,
+    object_prefix: str | None = None,
+    outcome: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Audit entries newest first, filtered (each filter optional, all ANDed): older than
+    entry ``before_id`` (keyset paging), by exact actor, verb and outcome, by object prefix
+    (``pod/ml/``), at or after ``since`` and before ``until``."""
+    query = select(AuditEntry)
+    if before_id is not None:
+        query = query.where(AuditEntry.id < before_id)
+    if actor is not None:
+        query = query.where(AuditEntry.actor == actor)
+    if verb is not None:
+        query = query.where(AuditEntry.verb == verb)
+    if outcome is not None:
+        query = query.where(AuditEntry.outcome == outcome)
+    if object_prefix:
+        escaped = object_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(AuditEntry.object.like(f"{escaped}%", escape="\\"))
+    if since is not None:
+        query = query.where(AuditEntry.at >= since)
+    if until is not None:
+        query = query.where(AuditEntry.at < until)
+    rows = session.scalars(query.order_by(AuditEntry.id.desc()).limit(limit))
     return [
         {
+            "id": r.id,
             "at": r.at,
             "actor": r.actor,
             "verb": r.verb,

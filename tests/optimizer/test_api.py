@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from optimizer.api.app import create_app
@@ -17,6 +18,7 @@ from optimizer.settings import OptimizerSettings
 from optimizer.store import migrate
 from optimizer.store.engine import make_engine
 from optimizer.store.models import AuditEntry, Sample
+from optimizer.store.queries import record_audit
 from shared.report import NodeReport
 from tests.conftest import prometheus_binary
 from tests.optimizer.conftest import TOKENS, WallClock, auth, build_app
@@ -461,3 +463,37 @@ def test_one_agent_flooding_is_slowed_and_the_others_are_not(
         assert _post(client, other, who="gpu-node-2").status_code == 202  # not slowed
         clock.advance(1)
         assert _post(client, samples_report(first, at=clock(), sequence=20)).status_code == 202
+
+
+def test_the_audit_log_is_filtered_and_paged(client: TestClient, engine: Engine) -> None:
+    start = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    with Session(engine) as session, session.begin():
+        for k in range(7):
+            record_audit(
+                session,
+                at=start + timedelta(minutes=k),
+                actor="replica-a" if k % 2 else "replica-b",
+                verb="evict-pod" if k < 4 else "label-node",
+                obj=f"pod/ml_x/p{k}" if k < 4 else f"node/n{k}",
+                reason="test",
+                outcome="applied" if k != 3 else "dry-run",
+            )
+    admin = auth("platform@example.com")
+
+    def page(**params: Any) -> dict[str, Any]:
+        answer = client.get("/v1/audit", params=params, headers=admin)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    pods = page(object="pod/ml_x/", limit=3)
+    assert [e["object"] for e in pods["items"]] == ["pod/ml_x/p3", "pod/ml_x/p2", "pod/ml_x/p1"]
+    rest = page(object="pod/ml_x/", limit=3, before=pods["next"])
+    assert [e["object"] for e in rest["items"]] == ["pod/ml_x/p0"]
+    assert "next" not in rest
+    assert page(object="pod/mlAx/")["items"] == []  # "_" is not a wildcard
+    assert [e["object"] for e in page(outcome="dry-run")["items"]] == ["pod/ml_x/p3"]
+    nodes = page(verb="label-node", actor="replica-b")["items"]
+    assert [e["object"] for e in nodes] == ["node/n6", "node/n4"]
+    window = page(since="2026-11-29T12:01:00Z", until="2026-11-29T12:03:00Z", verb="evict-pod")
+    assert [e["object"] for e in window["items"]] == ["pod/ml_x/p2", "pod/ml_x/p1"]
+    assert client.get("/v1/audit", params={"since": "yesterday"}, headers=admin).status_code == 422

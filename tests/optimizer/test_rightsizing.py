@@ -223,3 +223,12 @@ def test_fake_agents_with_idle_gpus_get_recommendations_from_the_api(
     assert by_kind["memory"]["current"] == "1024Gi"
     assert by_kind["memory"]["recommended"] == quantity("memory", 96 * GIB * 1.15)
     assert by_kind["memory"]["reason"].startswith("oversized: decayed p90")
+
+
+def test_durations_beyond_a_year_are_refused_not_crashed_on(client: TestClient) -> None:
+    for name in ("window", "min_window"):
+        answer = client.get(
+            "/v1/recommendations", params={name: "200000000w"}, headers=auth("sre@example.com")
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["detail"].startswith(f"{name}: at most")
