@@ -18,6 +18,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/hadolint --failure-threshold style Dockerfile.agent Dockerfile.optimizer
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict agent optimizer shared demo
