@@ -32,6 +32,9 @@ FORECAST_GPU_DEMAND_PEAK: Final = "stowage_forecast_gpu_demand_peak_gpus"
 GPU_DEMAND: Final = "stowage_gpu_demand_gpus"
 GPU_CAPACITY: Final = "stowage_gpu_capacity_gpus"
 RECOMMENDATIONS: Final = "stowage_recommendations"
+NAMESPACE_ENERGY_KWH: Final = "stowage_namespace_gpu_energy_kwh"
+NAMESPACE_GPU_HOURS: Final = "stowage_namespace_gpu_hours"
+NAMESPACE_COST: Final = "stowage_namespace_gpu_cost"
 IDLE_GPUS: Final = "stowage_idle_gpus"
 
 # -- the controller (this module) -----------------------------------------------------------

@@ -159,6 +159,17 @@ class OptimizerSettings(BaseSettings):
         description="The Kubernetes controller (node labels, gang admission): off; dry-run "
         "(plans, events, audit, no mutation); enforce.",
     )
+    cost_window_s: Annotated[float, Field(gt=0, le=31 * 86400)] = Field(
+        default=86400.0,
+        description="The per-namespace energy, GPU-hours and cost metrics cover this much "
+        "recent history (raw samples: keep STOWAGE_RAW_RETENTION_S at least as long).",
+    )
+    price_per_kwh: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="Energy price per kWh, for the per-namespace cost metric."
+    )
+    price_per_gpu_hour: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="Price of one GPU-hour, for the per-namespace cost metric."
+    )
     label_grace_s: Annotated[float, Field(ge=0)] = Field(
         default=300.0,
         description="A node whose agent went stale keeps its labels; after this much longer "

@@ -30,6 +30,7 @@ from optimizer.api import (
     webhook,
     whatif,
 )
+from optimizer.api.cost import CostCollector
 from optimizer.api.docs import serve_docs
 from optimizer.api.limits import BodyLimit, TokenBuckets
 from optimizer.api.state import ApiMetrics, AppState
@@ -103,6 +104,7 @@ def create_app(
     registry.register(health.ClusterCollector(state))
     registry.register(forecasts.ForecastCollector(state))
     registry.register(recommendations.RecommendationCollector(state))
+    registry.register(CostCollector(state))
     if migrate_on_start is None:
         migrate_on_start = engine.dialect.name == "sqlite"
 

@@ -205,3 +205,57 @@ def recommendations(
         pods=pods,
     )
     return gpus + resources
+
+
+def namespace_gpu_usage(
+    session: Session, *, since: datetime, until: datetime
+) -> dict[str, tuple[float, float]]:
+    """Namespace -> (GPU energy in joules, GPU-seconds) between ``since`` and ``until``.
+
+    Each GPU's interval between two consecutive samples is charged to the namespace of the
+    pod whose process ran on it at the interval's end: the energy counter's increase (a
+    decrease, a driver reload, counts nothing) and the interval's length. A GPU two
+    namespaces share at one sample is charged to both.
+    """
+    s = Sample
+    previous_energy = func.lag(s.energy_j).over(partition_by=s.gpu_uuid, order_by=s.at)
+    previous_at = func.lag(epoch_s(session, s.at)).over(partition_by=s.gpu_uuid, order_by=s.at)
+    steps = (
+        select(
+            s.gpu_uuid.label("gpu_uuid"),
+            s.node_name.label("node_name"),
+            s.at.label("at"),
+            (s.energy_j - previous_energy).label("joules"),
+            (epoch_s(session, s.at) - previous_at).label("seconds"),
+        )
+        .where(s.at >= since, s.at <= until)
+        .subquery()
+    )
+    owners = (
+        select(
+            WorkloadUsage.gpu_uuid,
+            WorkloadUsage.node_name,
+            WorkloadUsage.at,
+            WorkloadUsage.namespace,
+        )
+        .where(
+            WorkloadUsage.at >= since,
+            WorkloadUsage.at <= until,
+            WorkloadUsage.namespace.is_not(None),
+        )
+        .distinct()
+        .subquery()
+    )
+    joules = case((steps.c.joules >= 0, steps.c.joules), else_=0.0)
+    rows = session.execute(
+        select(owners.c.namespace, func.sum(joules), func.sum(steps.c.seconds))
+        .join(
+            steps,
+            (steps.c.gpu_uuid == owners.c.gpu_uuid)
+            & (steps.c.at == owners.c.at)
+            & (steps.c.node_name == owners.c.node_name),
+        )
+        .where(steps.c.seconds.is_not(None))
+        .group_by(owners.c.namespace)
+    ).all()
+    return {str(ns): (float(j or 0.0), float(sec or 0.0)) for ns, j, sec in rows}
