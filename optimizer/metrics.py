@@ -20,6 +20,8 @@ from optimizer.planner.plan import Job, Plan
 # -- served by the API (optimizer/api/*): collected from the store on each scrape ---------
 CLUSTER_GPUS: Final = "stowage_cluster_gpus"
 CLUSTER_FRAGMENTED_GPUS: Final = "stowage_cluster_fragmented_gpus"
+POOL_GPUS: Final = "stowage_pool_gpus"
+FRAGMENTED_GPUS: Final = "stowage_fragmented_gpus"
 CLUSTER_POWER_WATTS: Final = "stowage_cluster_power_watts"
 CLUSTER_STALE_NODES: Final = "stowage_cluster_stale_nodes"
 OPTIMIZER_REPORTS: Final = "stowage_optimizer_reports"

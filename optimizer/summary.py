@@ -55,6 +55,8 @@ class Summary:
     by_model: dict[str, Counts] = field(default_factory=dict)
     by_pool: dict[str, Counts] = field(default_factory=dict)
     fragmented_gpus: int = 0
+    #: pool -> GPU model -> fragmented GPUs (each node's free GPUs of that model)
+    fragmented_by_pool: dict[str, dict[str, int]] = field(default_factory=dict)
     request_shapes: list[int] = field(default_factory=list)
     power_w: float = 0.0
     energy_j: float = 0.0
@@ -80,6 +82,7 @@ def summarize(
     summary = Summary(request_shapes=sorted(set(request_shapes), reverse=True))
     shapes = tuple(summary.request_shapes)
     free_by_node: dict[str, int] = defaultdict(int)
+    free_by_kind: dict[tuple[str, str, str], int] = defaultdict(int)  # node, pool, model
     seen: set[str] = set()
     stale: set[str] = set()
     for gpu in gpus:
@@ -106,9 +109,13 @@ def summarize(
                 counts.free += n
         if healthy and not gpu.allocated:
             free_by_node[gpu.node_name] += n
+            free_by_kind[gpu.node_name, gpu.pool or DEFAULT_POOL, gpu.product] += n
         summary.power_w += gpu.power_w or 0.0
         summary.energy_j += gpu.energy_j or 0.0
     summary.nodes = len(seen)
     summary.stale_nodes = sorted(stale - seen)
     summary.fragmented_gpus = sum(f - usable_gpus(f, shapes) for f in free_by_node.values())
+    for (_, pool, model), free in sorted(free_by_kind.items()):
+        by_model = summary.fragmented_by_pool.setdefault(pool, {})
+        by_model[model] = by_model.get(model, 0) + free - usable_gpus(free, shapes)
     return summary

@@ -104,16 +104,32 @@ class ClusterCollector(Collector):
             "GPUs of fresh nodes by model and state.",
             labels=["model", "state"],
         )
-        for model, counts in summary.by_model.items():
-            values: dict[str, Any] = {
-                "allocated": counts.allocated,
-                "allocated_idle": counts.allocated_idle,
-                "free": counts.free,
-                "unhealthy": counts.unhealthy,
-            }
-            for name, value in values.items():
-                gpus.add_metric([model, name], value)
+        pools = GaugeMetricFamily(
+            metric_names.POOL_GPUS,
+            "GPUs of fresh nodes by pool and state.",
+            labels=["pool", "state"],
+        )
+        for family, groups in ((gpus, summary.by_model), (pools, summary.by_pool)):
+            for group, counts in groups.items():
+                values: dict[str, Any] = {
+                    "allocated": counts.allocated,
+                    "allocated_idle": counts.allocated_idle,
+                    "free": counts.free,
+                    "unhealthy": counts.unhealthy,
+                }
+                for name, value in values.items():
+                    family.add_metric([group, name], value)
         yield gpus
+        yield pools
+        fragmented = GaugeMetricFamily(
+            metric_names.FRAGMENTED_GPUS,
+            "Free GPUs no request shape can use, by pool and GPU model.",
+            labels=["pool", "model"],
+        )
+        for pool, by_model in summary.fragmented_by_pool.items():
+            for model, count in by_model.items():
+                fragmented.add_metric([pool, model], count)
+        yield fragmented
         yield GaugeMetricFamily(
             metric_names.CLUSTER_FRAGMENTED_GPUS,
             "Free GPUs no request shape can use.",

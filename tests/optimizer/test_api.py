@@ -252,6 +252,8 @@ def test_metrics_pass_promtool(client: TestClient, clock: WallClock) -> None:
     assert 'stowage_optimizer_reports_total{outcome="stored"} 1.0' in text
     assert 'stowage_optimizer_reports_total{outcome="invalid"} 1.0' in text
     assert 'stowage_cluster_gpus{model="NVIDIA H100 80GB HBM3",state="free"} 8.0' in text
+    assert 'stowage_pool_gpus{pool="train",state="free"} 8.0' in text  # the settings' pool
+    assert 'stowage_fragmented_gpus{model="NVIDIA H100 80GB HBM3",pool="train"} 0.0' in text
     promtool = prometheus_binary("promtool")
     done = subprocess.run(
         [promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False

@@ -65,5 +65,6 @@ def test_counts_fragmentation_and_staleness() -> None:
     assert summary.by_pool["train"].allocated == 2
     assert summary.by_pool["default"].total == 14
     assert summary.fragmented_gpus == 1  # node a: 3 free, shapes use 2
+    assert summary.fragmented_by_pool == {"default": {"H100": 1, "L40S": 0}}
     assert summary.request_shapes == [8, 4, 2]
     assert summary.power_w == pytest.approx(500.0)
