@@ -5,17 +5,15 @@ priced with ``STOWAGE_PRICE_PER_KWH`` and ``STOWAGE_PRICE_PER_GPU_HOUR``."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Final
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy.exc import SQLAlchemyError
 
 from optimizer import metrics as metric_names
-from optimizer.api.state import AppState
+from optimizer.api.state import AppState, Refreshed
 from optimizer.store.usage import namespace_gpu_usage
 
 JOULES_PER_KWH: Final = 3.6e6
@@ -25,30 +23,24 @@ class CostCollector(Collector):
     """Per-namespace energy (kWh), GPU-hours and their price, recomputed at most once a
     minute."""
 
-    CACHE_S = 60.0
-
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self._cached: tuple[float, dict[str, tuple[float, float]]] | None = None
+        self._usage = Refreshed(self._read)
+
+    def _read(self) -> dict[str, tuple[float, float]]:
+        until = self.state.clock()
+        since = until - timedelta(seconds=self.state.settings.cost_window_s)
+        with self.state.sessions() as session:
+            return namespace_gpu_usage(session, since=since, until=until)
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        now = time.monotonic()
+        usage = self._usage.get()
+        if usage is None:
+            return
         settings = self.state.settings
-        if self._cached is None or now - self._cached[0] > self.CACHE_S:
-            until = self.state.clock()
-            try:
-                with self.state.sessions() as session:
-                    usage = namespace_gpu_usage(
-                        session,
-                        since=until - timedelta(seconds=settings.cost_window_s),
-                        until=until,
-                    )
-            except SQLAlchemyError:
-                return
-            self._cached = (now, usage)
         window = f"{int(settings.cost_window_s)}s"
         energy = GaugeMetricFamily(
             metric_names.NAMESPACE_ENERGY_KWH,
@@ -66,7 +58,7 @@ class CostCollector(Collector):
             "STOWAGE_PRICE_PER_GPU_HOUR.",
             labels=["namespace", "window"],
         )
-        for namespace, (joules, seconds) in sorted(self._cached[1].items()):
+        for namespace, (joules, seconds) in sorted(usage.items()):
             kwh, gpu_hours = joules / JOULES_PER_KWH, seconds / 3600
             energy.add_metric([namespace, window], kwh)
             hours.add_metric([namespace, window], gpu_hours)

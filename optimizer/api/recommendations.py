@@ -7,7 +7,6 @@ minute's cache.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import timedelta
@@ -16,12 +15,11 @@ from typing import Annotated, Any, Final, Literal, get_args
 from fastapi import APIRouter, HTTPException, Query
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy.exc import SQLAlchemyError
 
 from optimizer import metrics as metric_names
 from optimizer.api.deps import Reader, SessionDep, StateDep
 from optimizer.api.forecasts import DURATION, seconds
-from optimizer.api.state import AppState
+from optimizer.api.state import AppState, Refreshed
 from optimizer.forecast.rightsizing import Recommendation
 from optimizer.store.usage import recommendations
 
@@ -87,31 +85,27 @@ def list_recommendations(
 class RecommendationCollector(Collector):
     """Recommendations by kind and idle GPUs by namespace, recomputed at most once a minute."""
 
-    CACHE_S = 60.0
-
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self._cached: tuple[float, list[Recommendation]] | None = None
+        self._items = Refreshed(self._read)
+
+    def _read(self) -> list[Recommendation]:
+        settings = self.state.settings
+        with self.state.sessions() as session:
+            return current(
+                self.state,
+                session,
+                window_s=settings.rightsizing_window_s,
+                min_window_s=settings.idle_after_s,
+            )
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        now = time.monotonic()
-        if self._cached is None or now - self._cached[0] > self.CACHE_S:
-            settings = self.state.settings
-            try:
-                with self.state.sessions() as session:
-                    items = current(
-                        self.state,
-                        session,
-                        window_s=settings.rightsizing_window_s,
-                        min_window_s=settings.idle_after_s,
-                    )
-            except SQLAlchemyError:
-                return
-            self._cached = (now, items)
-        items = self._cached[1]
+        items = self._items.get()
+        if items is None:
+            return
         kinds = GaugeMetricFamily(
             metric_names.RECOMMENDATIONS,
             "Open right-sizing recommendations by kind.",

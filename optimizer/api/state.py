@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from optimizer import metrics as metric_names
@@ -18,6 +20,28 @@ from optimizer.api.limits import TokenBuckets
 from optimizer.auth import Authenticator
 from optimizer.ingest import IngestQueue
 from optimizer.settings import OptimizerSettings
+
+T = TypeVar("T")
+
+
+class Refreshed(Generic[T]):
+    """A value read from the store at most every ``seconds`` (scrapes come every few seconds;
+    the queries behind /metrics need not). None while the database cannot answer: nothing
+    is served then, and the next call tries again."""
+
+    def __init__(self, read: Callable[[], T], *, seconds: float = 60.0) -> None:
+        self._read = read
+        self._seconds = seconds
+        self._value: tuple[float, T] | None = None
+
+    def get(self) -> T | None:
+        now = time.monotonic()
+        if self._value is None or now - self._value[0] > self._seconds:
+            try:
+                self._value = (now, self._read())
+            except SQLAlchemyError:
+                return None
+        return self._value[1]
 
 
 class ApiMetrics:

@@ -105,6 +105,7 @@ class Controller:
             metrics=self.metrics,
         )
 
+        listed = view or LiveView(api)  # what idle reclaim and right-sizing read pods from
         self.idle = IdleReclaimer(
             api,
             engine,
@@ -112,7 +113,7 @@ class Controller:
             clock=clock,
             grace=timedelta(seconds=settings.idle_reclaim_after_s),
             dry_run=dry_run,
-            view=view or LiveView(api),
+            view=listed,
         )
         self.rightsizer = RightSizer(
             api,
@@ -122,7 +123,7 @@ class Controller:
             window=timedelta(seconds=settings.rightsizing_window_s),
             min_window=timedelta(seconds=settings.idle_after_s),
             dry_run=dry_run,
-            view=view or LiveView(api),
+            view=listed,
         )
         self.demand = DemandRecorder(
             engine, clock=clock, interval=timedelta(seconds=settings.demand_sample_s)
