@@ -53,8 +53,9 @@ def container_requests(pod: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         resources = container.get("resources") or {}
         amounts: dict[str, float] = {}
         for source in ("limits", "requests"):  # requests win
+            given = resources.get(source) if isinstance(resources, Mapping) else None
             for resource in ("cpu", "memory"):
-                value = (resources.get(source) or {}).get(resource)
+                value = given.get(resource) if isinstance(given, Mapping) else None
                 if value is None:
                     continue
                 try:

@@ -117,3 +117,31 @@ def test_container_requests_read_requests_then_limits_and_skip_the_unreadable() 
         "b": {"cpu": 2.0},
         "c": {},
     }
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [
+        pytest.param({"spec": {"containers": [{"name": "c", "resources": "lots"}]}}, id="text"),
+        pytest.param(
+            {"spec": {"containers": [{"name": "c", "resources": {"requests": ["1"]}}]}},
+            id="a-list-of-requests",
+        ),
+        pytest.param({"spec": {"containers": "nope"}}, id="containers-not-a-list"),
+        pytest.param({"spec": None}, id="no-spec"),
+    ],
+)
+def test_unreadable_requests_are_left_out_not_raised(pod: dict[str, Any]) -> None:
+    assert all(amounts == {} for amounts in container_requests(pod).values())
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        pytest.param({"name": "p", "ownerReferences": "x", "labels": ["l"]}, id="wrong-types"),
+        pytest.param({"name": "p", "ownerReferences": [{"controller": True}]}, id="no-owner-name"),
+        pytest.param(None, id="no-metadata"),
+    ],
+)
+def test_a_broken_pod_is_its_own_workload(metadata: Any) -> None:
+    assert workload_of({"metadata": metadata}).kind == "Pod"

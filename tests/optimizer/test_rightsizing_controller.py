@@ -210,3 +210,31 @@ def test_cpu_and_memory_requests_are_annotated_per_container(
     assert (items["cpu"]["container"], items["cpu"]["current"]) == ("c", "4")
     assert items["cpu"]["recommended"] == "580m"  # 0.5 x 1.15, in 10m steps
     assert (items["memory"]["current"], items["memory"]["recommended"]) == ("16Gi", "3533Mi")
+
+
+def test_broken_pods_are_skipped_and_the_rest_annotated(
+    opted_in_cluster: tuple[FakeApiServer, KubeApi], engine: Engine, clock: WallClock
+) -> None:
+    server, api = opted_in_cluster
+    [pod] = _deployment(server, "serving", "web", 1)
+    usage(engine, clock, "serving", pod, activity=0.0, hours=2)
+    owner = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "r", "uid": "u"}
+    broken = [  # an unreadable GPU quantity; an owner kind Stowage does not annotate
+        {"name": "bad-request", "labels": {"pod-template-hash": "5d8c"}},
+        {"name": "rollout-pod", "ownerReferences": [{**owner, "controller": True}]},
+    ]
+    for metadata in broken:
+        server.put(
+            "v1/pods",
+            {
+                "metadata": {"namespace": "serving", **metadata},
+                "spec": {
+                    "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "x"}}}]
+                },
+                "status": {"phase": "Running"},
+            },
+        )
+        usage(engine, clock, "serving", str(metadata["name"]), activity=0.0, hours=2)
+    assert _sizer(api, engine, clock).maybe_run() == [("Deployment/serving/web", "applied")]
+    [item] = _annotation(server, "serving", "web")
+    assert item["kind"] == "idle"

@@ -184,6 +184,19 @@ REJECTIONS = [
     ),
     ("cuda-too-long", _set("cuda_version", "1" * 15 + ".1"), "cuda_version", "at most 16"),
     ("absurd-memory", _set("gpus.3.memory_bytes", 2**60), "gpus.3.memory_bytes", "17592186044416"),
+    # the containers' CPU and memory (optional, from cgroups)
+    (
+        "negative-cores",
+        _set("containers", [{"pod": "p", "cpu_cores": -1.0}]),
+        "containers.0.cpu_cores",
+        "greater than or equal to 0",
+    ),
+    (
+        "string-memory",
+        _set("containers", [{"memory_working_set_bytes": "4Gi"}]),
+        "containers.0.memory_working_set_bytes",
+        "valid integer",
+    ),
 ]
 
 
