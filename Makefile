@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest demo bench clean podresources
+.PHONY: install test lint typecheck pytest demo bench clean podresources lock
 
 install: $(STAMP)
 
@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/hadolint --failure-threshold style Dockerfile.agent Dockerfile.optimizer
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict agent optimizer shared demo
+	$(BIN)/mypy --strict agent optimizer shared demo tools
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q
@@ -40,6 +40,16 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.cycle
 	$(BIN)/python -m bench.fill --write
 	$(BIN)/python -m bench.fill_waste
+	$(BIN)/python -m bench.images
+
+# The images' locks (requirements/*.txt, installed by hash), resolved for Linux and Python 3.11
+# on any CPU. Run after changing pyproject.toml's dependencies; tests/test_locks.py checks them.
+LOCK := $(BIN)/uv pip compile --universal --python-version 3.11 --generate-hashes --quiet \
+	--custom-compile-command 'make lock'
+lock: $(STAMP)
+	$(LOCK) pyproject.toml -o requirements/agent.txt
+	$(LOCK) pyproject.toml --extra optimizer --extra postgres -o requirements/optimizer.txt
+	$(LOCK) requirements/build.in -o requirements/build.txt
 
 # Regenerate the kubelet PodResources stubs from agent/podresources/api.proto.
 podresources: $(STAMP)

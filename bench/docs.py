@@ -1,4 +1,4 @@
-"""Writing a benchmark's section of docs/benchmarks.md between its two markers."""
+"""Writing a benchmark's section of a doc (docs/benchmarks.md by default) between markers."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Final
 BENCHMARKS: Final = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
-def replace_section(begin: str, end: str, block: str, *, heading: str) -> None:
-    """Put ``block`` between ``begin`` and ``end`` (the markers kept), or append it under
-    ``heading`` when the markers are not there yet."""
-    text = BENCHMARKS.read_text()
+def replace_section(
+    begin: str, end: str, block: str, *, heading: str, path: Path = BENCHMARKS
+) -> None:
+    """Put ``block`` between ``begin`` and ``end`` (the markers kept) in ``path``, or append
+    it under ``heading`` when the markers are not there yet."""
+    text = path.read_text()
     marked = f"{begin}\n{block}\n{end}"
     if begin in text:
         head, _, rest = text.partition(begin)
@@ -19,4 +21,4 @@ def replace_section(begin: str, end: str, block: str, *, heading: str) -> None:
         text = head + marked + tail
     else:
         text += f"\n## {heading}\n\n{marked}\n"
-    BENCHMARKS.write_text(text)
+    path.write_text(text)
