@@ -1,5 +1,6 @@
 """The README's configuration table names every setting the optimizer and the agent read,
-and no setting that does not exist."""
+and no setting that does not exist; docs/operations.md's configuration reference is what
+tools/config_table.py generates from the code, and every setting and value has a meaning."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from agent.settings import AgentSettings
 from optimizer.settings import OptimizerSettings
+from tools import config_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 #: Read by the settings loader itself rather than a field.
@@ -22,3 +24,25 @@ def test_the_configuration_table_names_every_setting() -> None:
     }
     assert sorted(settings - documented) == [], "settings missing from the README's table"
     assert sorted(documented - settings - LOADER) == [], "the table names unknown settings"
+
+
+def test_the_configuration_reference_is_what_the_code_generates() -> None:
+    assert config_table.current() is not None, "docs/operations.md lost its markers"
+    assert config_table.current() == config_table.generate(), (
+        "docs/operations.md's configuration reference is stale: "
+        "run `.venv/bin/python -m tools.config_table --write`"
+    )
+
+
+def test_every_setting_and_chart_value_says_what_it_does() -> None:
+    rows = [*config_table.settings_rows()][2:] + [*config_table.values_rows()][2:]
+    assert len(rows) > 100
+    silent = [row.split(" | ")[0] for row in rows if not row.rsplit("|", 2)[1].strip()]
+    assert silent == [], "give these a description (settings) or a comment (values.yaml)"
+
+
+def test_a_values_comment_belongs_to_the_key_below_it() -> None:
+    comments = config_table._comments(
+        "# the top\ntop: 1\n\n# orphan\n\nmap:\n  # inner\n  key: 2\n  other: 3\n"
+    )
+    assert comments == {"top": "the top", "map.key": "inner"}
