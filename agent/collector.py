@@ -1,5 +1,6 @@
-"""One collection cycle: NVML + host facts + pod attribution (+ the CPU and memory of the
-containers running GPU processes) -> a :class:`NodeReport`.
+"""One collection cycle: NVML (or, for live readings, a dcgm-exporter) + host facts + pod
+attribution (+ the CPU and memory of the containers running GPU processes) -> a
+:class:`NodeReport`.
 
 :class:`Collector` discovers the node once (devices, host, NVLink wiring), then each call to
 :meth:`Collector.collect` drains XID events, samples every GPU, attributes processes to pods
@@ -20,6 +21,7 @@ import pynvml
 import structlog
 
 from agent.cgroups import ContainerMeter
+from agent.dcgm import DcgmExporter
 from agent.device import GpuDevice, cpu_set_size
 from agent.host import host_info
 from agent.links import derive_links
@@ -60,6 +62,8 @@ class Collector:
         attributor: maps processes to pods; None reports processes unattributed.
         meter: reads the CPU and memory of the containers running GPU processes; None
             reports none.
+        dcgm: a dcgm-exporter on the node to take live readings from instead of NVML (see
+            :mod:`agent.dcgm`); None reads everything through NVML.
         wall_clock: current time, injectable for tests.
     """
 
@@ -71,6 +75,7 @@ class Collector:
         node_name: str,
         attributor: Attributor | None = None,
         meter: ContainerMeter | None = None,
+        dcgm: DcgmExporter | None = None,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.nvml = nvml
@@ -78,6 +83,7 @@ class Collector:
         self.node_name = node_name
         self.attributor = attributor
         self.meter = meter
+        self.dcgm = dcgm
         self.wall_clock = wall_clock
         self.devices: list[GpuDevice] = []
         self.host: HostInfo | None = None
@@ -120,10 +126,12 @@ class Collector:
         )
 
     def close(self) -> None:
-        """Free the event set and shut NVML down."""
+        """Free the event set, close the dcgm-exporter client and shut NVML down."""
         if self._event_set is not None:
             self.nvml.optional("nvmlEventSetFree", self._event_set)
             self._event_set = None
+        if self.dcgm is not None:
+            self.dcgm.close()
         self.nvml.shutdown()
 
     def collect(self) -> Collection:
@@ -133,9 +141,15 @@ class Collector:
         infos = self._infos()
         lost = frozenset(d.index for d in self.devices if d.lost)
         if self._links is None or lost != self._links_lost:  # derive again only on a change
-            self._links = derive_links(nvml=self.nvml, devices=self._known(infos), infos=infos)
+            known = [device for device, _ in self._pairs(infos)]
+            self._links = derive_links(nvml=self.nvml, devices=known, infos=infos)
             self._links_lost = lost
-        samples = [s for s in (self._sample(d) for d in self._known(infos)) if s is not None]
+        external = self.dcgm.read() if self.dcgm is not None else {}
+        samples = [
+            s
+            for s in (self._sample(d, external.get(i.uuid)) for d, i in self._pairs(infos))
+            if s is not None
+        ]
         containers = []
         if self.meter is not None:
             containers = self.meter.measure(p for s in samples for p in s.processes)
@@ -168,13 +182,15 @@ class Collector:
                     log.warning("gpu_lost_before_discovery", node=self.node_name, gpu=device.index)
         return infos
 
-    def _known(self, infos: list[GpuInfo]) -> list[GpuDevice]:
-        known = {info.index for info in infos}
-        return [d for d in self.devices if d.index in known]
+    def _pairs(self, infos: list[GpuInfo]) -> list[tuple[GpuDevice, GpuInfo]]:
+        by_index = {info.index: info for info in infos}
+        return [(d, by_index[d.index]) for d in self.devices if d.index in by_index]
 
-    def _sample(self, device: GpuDevice) -> GpuSample | None:
+    def _sample(
+        self, device: GpuDevice, external: dict[str, float | int] | None
+    ) -> GpuSample | None:
         was_lost = device.lost
-        sample = device.sample()
+        sample = device.sample(external)
         if device.lost and not was_lost:
             log.error("gpu_lost", node=self.node_name, gpu=device.index)
         if sample is None or self.attributor is None or not sample.processes:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import pynvml
 
-from agent.gpm import ActivityReader
+from agent.gpm import GPM_METRICS, ActivityReader
 from agent.host import gpu_numa_node
 from agent.nvml import GpuLostError, Nvml
 from shared.report import (
@@ -228,14 +229,18 @@ class GpuDevice:
             self._links = tuple(ends)
         return self._links
 
-    def sample(self) -> GpuSample | None:
-        """Live readings now; None when the GPU's facts were never readable."""
+    def sample(self, external: Mapping[str, float | int] | None = None) -> GpuSample | None:
+        """Live readings now; None when the GPU's facts were never readable.
+
+        ``external`` holds readings already taken elsewhere this cycle (a dcgm-exporter's,
+        in sample-field names): NVML is not asked for those again.
+        """
         if self._info is None:
             return None
         if self.lost:
             return self._bare_sample()
         try:
-            return self._read_sample(self._info.uuid)
+            return self._read_sample(self._info.uuid, external or {})
         except GpuLostError:
             self.lost = True
             return self._bare_sample()
@@ -244,30 +249,48 @@ class GpuDevice:
         assert self._info is not None
         return GpuSample(gpu_uuid=self._info.uuid, xid_total=self.xid_total, last_xid=self.last_xid)
 
-    def _read_sample(self, gpu_uuid: str) -> GpuSample:
+    def _read_sample(self, gpu_uuid: str, got: Mapping[str, float | int]) -> GpuSample:
         n, h = self.nvml, self.handle
-        util = n.optional("nvmlDeviceGetUtilizationRates", h)
-        memory = n.optional("nvmlDeviceGetMemoryInfo", h)
-        power = n.optional("nvmlDeviceGetPowerUsage", h)
-        energy = n.optional("nvmlDeviceGetTotalEnergyConsumption", h)
-        temperature = n.optional("nvmlDeviceGetTemperatureV", h, pynvml.NVML_TEMPERATURE_GPU)
-        clock = n.optional("nvmlDeviceGetClockInfo", h, pynvml.NVML_CLOCK_SM)
+
+        def unless(*fields: str) -> Callable[..., Any]:
+            """NVML's answer, or None without asking when ``got`` has every one of ``fields``."""
+            if all(f in got for f in fields):
+                return lambda *_: None
+            return n.optional
+
+        util = unless("util_ratio", "memory_bandwidth_util_ratio")(
+            "nvmlDeviceGetUtilizationRates", h
+        )
+        memory = unless("memory_used_bytes")("nvmlDeviceGetMemoryInfo", h)
+        power = unless("power_w")("nvmlDeviceGetPowerUsage", h)
+        energy = unless("energy_j")("nvmlDeviceGetTotalEnergyConsumption", h)
+        temperature = unless("temperature_c")(
+            "nvmlDeviceGetTemperatureV", h, pynvml.NVML_TEMPERATURE_GPU
+        )
+        clock = unless("sm_clock_hz")("nvmlDeviceGetClockInfo", h, pynvml.NVML_CLOCK_SM)
         reasons = n.optional("nvmlDeviceGetCurrentClocksEventReasons", h)
         ecc = self._ecc()
         processes = n.optional("nvmlDeviceGetComputeRunningProcesses", h) or []
         if self._activity is None:
             self._activity = ActivityReader(n, h)
-        activity = self._activity.read()
+        # DCGM's profiling ratios replace GPM's (both would compete for the same counters).
+        activity = self._activity.read(gpm=not GPM_METRICS.keys() & got.keys())
+        readings: dict[str, Any] = {
+            "util_ratio": percent_to_ratio(util.gpu) if util is not None else None,
+            "memory_bandwidth_util_ratio": percent_to_ratio(util.memory)
+            if util is not None
+            else None,
+            **activity.gpm,
+            "memory_used_bytes": int(memory.used) if memory is not None else None,
+            "power_w": milliwatts_to_watts(power) if power is not None else None,
+            "energy_j": millijoules_to_joules(energy) if energy is not None else None,
+            "temperature_c": float(temperature) if temperature is not None else None,
+            "sm_clock_hz": megahertz_to_hertz(clock) if clock is not None else None,
+        }
+        readings.update(got)
         return GpuSample(
             gpu_uuid=gpu_uuid,
-            util_ratio=percent_to_ratio(util.gpu) if util is not None else None,
-            memory_bandwidth_util_ratio=percent_to_ratio(util.memory) if util is not None else None,
-            **activity.gpm,
-            memory_used_bytes=int(memory.used) if memory is not None else None,
-            power_w=milliwatts_to_watts(power) if power is not None else None,
-            energy_j=millijoules_to_joules(energy) if energy is not None else None,
-            temperature_c=float(temperature) if temperature is not None else None,
-            sm_clock_hz=megahertz_to_hertz(clock) if clock is not None else None,
+            **readings,
             ecc=ecc,
             xid_total=self.xid_total,
             last_xid=self.last_xid,

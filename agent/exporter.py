@@ -129,6 +129,10 @@ def _sample_metrics(samples: list[GpuSample], labels_of: dict[str, list[str]]) -
     xid = CounterMetricFamily(
         "stowage_gpu_xid_errors", "Critical XID events seen by the agent.", labels=list(_GPU_LABELS)
     )
+    last_xid = _gauge(
+        "stowage_gpu_last_xid",
+        "Code of the last critical XID event the agent saw on the GPU (0: none yet).",
+    )
     pod_util = _gauge(
         "stowage_pod_gpu_utilization_ratio",
         "GPU utilisation attributed to a pod's container (a shared GPU is split by memory used).",
@@ -165,6 +169,7 @@ def _sample_metrics(samples: list[GpuSample], labels_of: dict[str, list[str]]) -
             ecc.add_metric([*labels, "corrected"], sample.ecc.corrected_total)
             ecc.add_metric([*labels, "uncorrected"], sample.ecc.uncorrected_total)
         xid.add_metric(labels, sample.xid_total)
+        last_xid.add_metric(labels, sample.last_xid or 0)
         gpu_labels = labels[:4]
         for pod_labels, (share, memory) in _pod_shares(sample).items():
             if sample.util_ratio is not None:
@@ -182,6 +187,7 @@ def _sample_metrics(samples: list[GpuSample], labels_of: dict[str, list[str]]) -
         clock,
         ecc,
         xid,
+        last_xid,
         sm_active,
         occupancy,
         tensor,

@@ -47,8 +47,11 @@ class ActivityReader:
         self._supported: bool | None = None
         self._process_ts = 0
 
-    def read(self) -> Activity:
-        return Activity(gpm=self._gpm(), process_sm=self._processes())
+    def read(self, *, gpm: bool = True) -> Activity:
+        """GPM ratios (unless ``gpm`` is False: all None, GPM left alone) and process shares."""
+        return Activity(
+            gpm=self._gpm() if gpm else dict.fromkeys(GPM_METRICS), process_sm=self._processes()
+        )
 
     def close(self) -> None:
         """Free the kept GPM sample (idempotent)."""

@@ -18,6 +18,7 @@ from prometheus_client import start_http_server
 
 from agent.cgroups import CGROUP_ROOT, ContainerMeter
 from agent.collector import Collection, Collector
+from agent.dcgm import DcgmExporter
 from agent.exporter import build_registry
 from agent.nvml import Nvml
 from agent.pods import PodAttributor
@@ -69,6 +70,9 @@ class AgentRunner:
             meter=ContainerMeter(
                 proc_root=root / "proc", cgroup_root=root / CGROUP_ROOT, clock=clock
             ),
+            dcgm=DcgmExporter(str(settings.dcgm_exporter_url))
+            if settings.dcgm_exporter_url is not None
+            else None,
         )
         self.registry, self.metrics = build_registry(lambda: self.collector.latest)
         self.reporter: Reporter | None = None

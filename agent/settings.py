@@ -23,6 +23,7 @@ class AgentSettings(BaseSettings):
         default_factory=lambda: socket.gethostname().lower(),
         validation_alias=AliasChoices("STOWAGE_AGENT_NODE_NAME", "NODE_NAME", "node_name"),
         description="Kubernetes node name to report as (the DaemonSet sets NODE_NAME).",
+        json_schema_extra={"shownDefault": "the host name"},
     )
     optimizer_url: HttpUrl | None = Field(
         default=None, description="Optimizer base URL; unset = do not report."
@@ -51,6 +52,13 @@ class AgentSettings(BaseSettings):
     )
     podresources_refresh_s: Annotated[float, Field(gt=0)] = Field(
         default=30.0, description="Seconds between PodResources reads."
+    )
+    dcgm_exporter_url: HttpUrl | None = Field(
+        default=None,
+        description="A dcgm-exporter's metrics URL (e.g. http://$(HOST_IP):9400/metrics) to "
+        "read utilisation, memory, power, energy, temperature, clocks and DCGM profiling "
+        "ratios from instead of polling NVML for them; GPUs or values it lacks are read "
+        "through NVML.",
     )
     buffer_reports: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=360, description="Reports kept while the optimizer is unreachable."

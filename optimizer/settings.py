@@ -185,7 +185,9 @@ class OptimizerSettings(BaseSettings):
     )
     controller_identity: str = Field(
         default_factory=socket.gethostname,
-        description="This replica's name in the Lease (default: the host name, the pod name).",
+        description="This replica's name in the Lease and the audit log (the chart sets the "
+        "pod name).",
+        json_schema_extra={"shownDefault": "the host name"},
     )
     controller_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=10.0, description="Seconds between controller cycles."

@@ -90,5 +90,5 @@ def test_the_charts_prometheus_rule_carries_the_same_groups(dcgm: bool) -> None:
 
 
 def test_the_dcgm_recording_rules_give_dcgm_names_units_and_labels() -> None:
-    assert "SUCCESS: 15 rules found" in _run("check", "rules", DCGM)
+    assert "SUCCESS: 16 rules found" in _run("check", "rules", DCGM)
     assert "SUCCESS" in _run("test", "rules", DCGM_TESTS.name, cwd=DCGM_TESTS.parent)

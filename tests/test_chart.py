@@ -51,7 +51,11 @@ CASES: dict[str, dict[str, Any]] = {
     "customised": {
         "fullnameOverride": "gpu-sched",
         "image": {"agentDigest": "sha256:" + "a" * 64, "pullSecrets": [{"name": "regcred"}]},
-        "agent": {"runtimeClassName": "nvidia", "extraEnv": [{"name": "X", "value": "1"}]},
+        "agent": {
+            "runtimeClassName": "nvidia",
+            "extraEnv": [{"name": "X", "value": "1"}],
+            "dcgmExporterUrl": "http://$(HOST_IP):9400/metrics",
+        },
         "optimizer": {"tokensSecret": "people", "settings": {"planner_policy": "fgd"}},
     },
 }
@@ -357,7 +361,7 @@ def test_every_setting_the_chart_passes_is_one_the_code_reads(case: str) -> None
     known = {
         "optimizer": {f"STOWAGE_{name.upper()}" for name in OptimizerSettings.model_fields},
         "agent": {f"STOWAGE_AGENT_{name.upper()}" for name in AgentSettings.model_fields}
-        | {"NODE_NAME", "X"},
+        | {"NODE_NAME", "HOST_IP", "X"},
     }
     for component, workload in (
         ("optimizer", _one(manifests, "Deployment", "-optimizer")),
@@ -393,6 +397,16 @@ def test_the_optimizer_accepts_the_agents_identity() -> None:
     )
 
 
+def test_the_agent_reads_a_dcgm_exporter_on_its_node_only_when_asked() -> None:
+    assert "STOWAGE_AGENT_DCGM_EXPORTER_URL" not in _env(_one(_manifests(), "DaemonSet"))
+    env = _env(_one(_manifests(CASES["customised"]), "DaemonSet"))
+    assert env["HOST_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    # Kubernetes expands $(HOST_IP) because HOST_IP is defined before it
+    names = list(env)
+    assert names.index("HOST_IP") < names.index("STOWAGE_AGENT_DCGM_EXPORTER_URL")
+    assert env["STOWAGE_AGENT_DCGM_EXPORTER_URL"] == "http://$(HOST_IP):9400/metrics"
+
+
 def test_sqlite_runs_one_replica_and_postgresql_two_behind_a_budget() -> None:
     sqlite = _manifests({"optimizer": {"replicas": 3}})
     assert _one(sqlite, "Deployment")["spec"]["replicas"] == 1
@@ -418,6 +432,7 @@ def test_sqlite_runs_one_replica_and_postgresql_two_behind_a_budget() -> None:
         ({"image": {"agentDigest": "latest"}}, "/image/agentDigest"),
         ({"optimizer": {"settings": {"Planner-Policy": "x"}}}, "Planner-Policy"),
         ({"agnet": {}}, "agnet"),
+        ({"agent": {"dcgmExporterUrl": "localhost:9400"}}, "/agent/dcgmExporterUrl"),
     ],
 )
 def test_the_values_schema_refuses_mistakes_by_path(values: dict[str, Any], complaint: str) -> None:

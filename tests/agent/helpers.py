@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.collector import Attributor, Collector
+from agent.dcgm import DcgmExporter
 from agent.fake.host import materialize
 from agent.fake.nvml import FakeNvml
 from agent.nvml import Nvml
@@ -32,12 +33,19 @@ def fake_collector(
     clock: Callable[[], float] | None = None,
     attributor: Attributor | None = None,
     fake: FakeNvml | None = None,
+    binding: object | None = None,
+    dcgm: DcgmExporter | None = None,
 ) -> tuple[Collector, FakeNvml]:
-    """A started :class:`Collector` over ``profile``'s fake NVML and fake host."""
+    """A started :class:`Collector` over ``profile``'s fake NVML and fake host (``binding``
+    wraps the fake, e.g. to count calls; ``dcgm`` is passed on)."""
     fake = fake or FakeNvml(profile, clock=clock or ManualClock())
     root = materialize(profile, tmp_path / "host")
     collector = Collector(
-        nvml=Nvml(fake), root=root, node_name="node-under-test", attributor=attributor
+        nvml=Nvml(binding or fake),
+        root=root,
+        node_name="node-under-test",
+        attributor=attributor,
+        dcgm=dcgm,
     )
     collector.start()
     return collector, fake
