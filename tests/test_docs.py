@@ -4,8 +4,14 @@ tools/config_table.py generates from the code, and every setting and value has a
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from agent.settings import AgentSettings
 from optimizer.settings import OptimizerSettings
@@ -46,3 +52,42 @@ def test_a_values_comment_belongs_to_the_key_below_it() -> None:
         "# the top\ntop: 1\n\n# orphan\n\nmap:\n  # inner\n  key: 2\n  other: 3\n"
     )
     assert comments == {"top": "the top", "map.key": "inner"}
+
+
+OPERATIONS = README.parent / "docs" / "operations.md"
+AS_RUN = re.compile(
+    r"<!-- as-run -->\n```console\n\$ (?P<command>[^\n]+)\n(?P<output>.*?)\n```", re.S
+)
+#: What differs from run to run.
+VOLATILE = [(re.compile(r"^cycle [0-9a-f]{12}:", re.M), "cycle <id>:")]
+
+
+def _stable(text: str) -> str:
+    for pattern, replacement in VOLATILE:
+        text = pattern.sub(replacement, text)
+    return text.rstrip()
+
+
+def _as_run() -> list[tuple[str, str]]:
+    return [(m["command"], m["output"]) for m in AS_RUN.finditer(OPERATIONS.read_text())]
+
+
+def test_the_operations_guide_shows_commands_as_run() -> None:
+    assert len(_as_run()) >= 3
+
+
+@pytest.mark.parametrize(("command", "shown"), _as_run(), ids=lambda v: v.split(" ")[0])
+def test_each_command_shown_prints_what_the_guide_shows(command: str, shown: str) -> None:
+    program, *args = shlex.split(command)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / program), *args],
+        cwd=README.parent,
+        stdout=subprocess.PIPE,
+        # `stowage` prints its refusals on stderr (shown); the agent's stderr holds only its
+        # timestamped log lines (not shown)
+        stderr=subprocess.STDOUT if program == "stowage" else subprocess.DEVNULL,
+        text=True,
+        check=False,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "100"},
+    )
+    assert _stable(done.stdout) == _stable(shown), f"re-run `{command}` and paste its output"
