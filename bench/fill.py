@@ -26,8 +26,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Final, NamedTuple
 
+from bench import workloads
 from bench.docs import replace_section
-from optimizer.simulate.fill import FillResult, fill, load_nodes, load_pods
+from optimizer.simulate.fill import FillResult, fill, load_nodes
 
 TRACES: Final = Path(__file__).resolve().parents[2] / "shared/traces/alibaba-gpu-2023"
 DOCS: Final = Path(__file__).resolve().parents[1] / "docs"
@@ -44,6 +45,9 @@ REFERENCE_NAMES: Final = {
     "fgd": "06-FGD",
 }
 POLICIES: Final = (*REFERENCE_NAMES, "kube-default", "stowage")
+#: The policies run on the generated workloads (bench/workloads.py), which have no
+#: published figures: ours against our FGD.
+GENERATED_POLICIES: Final = ("fgd", "stowage")
 BEGIN: Final = "<!-- fill-benchmark:begin -->"
 END: Final = "<!-- fill-benchmark:end -->"
 
@@ -74,8 +78,7 @@ class Run(NamedTuple):
 def _run(job: tuple[str, str, int]) -> Run:
     trace, policy, seed = job
     nodes = load_nodes(TRACES / "csv/openb_node_list_gpu_node.csv")
-    pods = load_pods(TRACES / f"csv/openb_pod_list_{trace}.csv")
-    result: FillResult = fill(nodes, pods, policy=policy, tune=1.3, seed=seed)
+    result: FillResult = fill(nodes, workloads.pods(trace), policy=policy, tune=1.3, seed=seed)
     curves = trace == PLOTTED
     return Run(
         trace,
@@ -112,6 +115,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="42-51")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument(
+        "--traces",
+        choices=("all", "published", "generated"),
+        default="all",
+        help="which traces to run: those with published figures, the generated ones, or both",
+    )
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     rerun = args.policies.split(",")
@@ -122,11 +131,28 @@ def main() -> None:
     traces = sorted({t for t, _ in refs})
     seeds = _seeds(args.seeds)
     runs = _load_runs()
-    jobs = [(t, p, s) for t in traces for p in rerun for s in seeds]
+    jobs = []
+    if args.traces != "generated":
+        jobs += [(t, p, s) for t in traces for p in rerun for s in seeds]
+    if args.traces != "published":
+        jobs += [
+            (t, p, s)
+            for t in workloads.NAMES
+            for p in rerun
+            if p in GENERATED_POLICIES
+            for s in seeds
+        ]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for run in pool.map(_run, jobs):
             runs[(run.trace, run.policy, run.seed)] = run
     missing = [(t, p, s) for t in traces for p in POLICIES for s in seeds if (t, p, s) not in runs]
+    missing += [
+        (t, p, s)
+        for t in workloads.NAMES
+        for p in GENERATED_POLICIES
+        for s in seeds
+        if (t, p, s) not in runs
+    ]
     if missing:
         raise SystemExit(f"no run on record for {missing[:3]}...; re-run those policies")
     if args.write:
@@ -136,9 +162,9 @@ def main() -> None:
         results[(trace, policy)].append(runs[(trace, policy, seed)])
     provenance = (
         ""
-        if set(rerun) == set(POLICIES)
-        else f" (last with `--policies {args.policies}`: the other policies' runs are those on"
-        " record in bench/results/fill-runs.jsonl)"
+        if set(rerun) == set(POLICIES) and args.traces == "all"
+        else f" (last with `--policies {args.policies} --traces {args.traces}`: the other runs"
+        " are those on record in bench/results/fill-runs.jsonl)"
     )
     lines = [
         f"Command: `.venv/bin/python -m bench.fill --seeds {args.seeds} --workers "
@@ -164,6 +190,26 @@ def main() -> None:
         fgd = statistics.mean(c[130] for c in refs[(trace, REFERENCE_NAMES["fgd"])])
         cells.append(f"{stowage - fgd:+.2f}")
         lines.append(f"| {trace} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Generated workloads (`bench/workloads.py`, generator seed "
+        f"{workloads.SEED}; no published figures): `default` with more CPU-only pods "
+        "(`gen-cpu200`, `gen-cpu250`: their CPU request 2x and 2.5x `cpu100`'s) or more "
+        "multi-GPU pods (`gen-multigpu40`, `gen-multigpu50`: 40% and 50% of the GPU request); "
+        f"mean allocation at 130% arrived, seeds {args.seeds}.",
+        "",
+        "| generated trace | fgd | stowage | stowage - fgd |",
+        "|---|---:|---:|---:|",
+    ]
+    for trace in workloads.NAMES:
+        means = {
+            p: statistics.mean(runs[(trace, p, s)].alloc_130 for s in seeds)
+            for p in GENERATED_POLICIES
+        }
+        lines.append(
+            f"| {trace} | {means['fgd']:.2f} | {means['stowage']:.2f} "
+            f"| {means['stowage'] - means['fgd']:+.2f} |"
+        )
     lines.append("")
     lines.append(
         "Mean seconds per run: "
