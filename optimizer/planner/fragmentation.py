@@ -6,8 +6,11 @@ too few GPUs with enough free milli, a model the shape does not accept) all of t
 GPU milli counts; if it can, the free milli of the GPUs individually too small for it counts;
 weighted by how often the shape occurs. A CPU-only shape can use none of a node's GPUs, so
 all of them count for it, as the FGD simulator counts them (measured: its published curves
-start at 13.9% fragmented on an empty cluster, the CPU-only share of the default trace); the
-term moves every node's F by the same amount per pod, so it never changes a placement.
+start at 13.9% fragmented on an empty cluster, the CPU-only share of the default trace). The
+term moves every node's F change by the same amount for a given pod, so it never reorders
+nodes, but it shifts the integer FGD score and so which nodes tie: leaving it out (shapes
+from GPU pods only) moves our ``fgd`` further from the published figures on ``default``,
+``cpu050`` and ``cpu100`` (docs/benchmarks.md, "Our fgd where CPU binds").
 """
 
 from __future__ import annotations
