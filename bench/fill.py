@@ -9,11 +9,12 @@ allocation ratio at 130% arrived next to the published mean of the same seeds
 per run. ``--write`` replaces the fill section of docs/benchmarks.md and draws
 docs/fill-default.png (allocation and fragmentation curves on the default trace).
 
-The generated workloads of bench/workloads.py (``default`` with more CPU-only or more multi-GPU
-pods) get extra rows for ``fgd`` and ``stowage``, clearly apart: they have no published
-figures. Every run's result is kept in bench/results/fill-runs.jsonl (the curves only for the default
-trace), and the table is computed from that file: ``--policies`` re-runs only the named
-policies (after a change to one of them) and takes the others' runs from the file.
+The generated workloads of bench/workloads.py (``default`` with more CPU-only or more
+multi-GPU pods) get extra rows for ``fgd`` and ``stowage``, clearly apart: they have no
+published figures. Every run's result is kept in bench/results/fill-runs.jsonl (the curves
+only for the default trace), and the table is computed from that file: ``--policies``
+re-runs only the named policies (after a change to one of them) and takes the others' runs
+from the file.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ reports for unknown nodes and GPUs, several reports of one node and per-pod proc
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -77,6 +78,23 @@ def _outcome(outcome: object) -> tuple[Any, ...]:
     return ("topology_unknown",)
 
 
+def _assert_same(got: Any, expected: Any, path: str = "") -> None:
+    """``got == expected``, floats within what adding a bucket's samples in another order can
+    change (a batch sums them together, one by one sums them in arrival order)."""
+    if isinstance(expected, float) and isinstance(got, float):
+        assert math.isclose(got, expected, rel_tol=1e-9, abs_tol=1e-12), (path, got, expected)
+    elif isinstance(expected, dict) and isinstance(got, dict):
+        assert sorted(got) == sorted(expected), path
+        for key in expected:
+            _assert_same(got[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, list | tuple) and isinstance(got, list | tuple):
+        assert len(got) == len(expected), (path, got, expected)
+        for index, (one, other) in enumerate(zip(got, expected, strict=True)):
+            _assert_same(one, other, f"{path}[{index}]")
+    else:
+        assert got == expected, (path, got, expected)
+
+
 def _state(session: Session, prefix: str) -> dict[str, list[tuple[Any, ...]]]:
     """Every row the reports of ``prefix``'s nodes wrote, with names made comparable."""
     uuids = {
@@ -87,7 +105,7 @@ def _state(session: Session, prefix: str) -> dict[str, list[tuple[Any, ...]]]:
     }
 
     def comparable(value: Any) -> Any:
-        if isinstance(value, float):  # a batch adds a bucket's samples in another order
+        if isinstance(value, float):  # rounded for sorting; compared by _assert_same
             return float(f"{value:.12g}")
         if isinstance(value, str):
             return uuids.get(value, value.removeprefix(prefix))
