@@ -73,7 +73,7 @@ def _generation(obj: Mapping[str, Any]) -> int:
     """metadata.generation (the API server sets it); 0 when absent or unreadable."""
     try:
         return int((obj.get("metadata") or {}).get("generation") or 0)
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, OverflowError):
         return 0
 
 
