@@ -10,6 +10,12 @@ lowest-numbered free ones) and skipping those that do not, and averages the free
 left at the end. The same sequences serve every state (common random numbers), so two
 states' estimates differ by their states, not by luck.
 
+Shapes are drawn in proportion to their frequency times the square root of one plus the GPUs
+they ask for: the geometric mean of drawing by pod count (what arrives) and by GPU volume
+(what the allocation is made of). By count alone, the 4- and 8-GPU pods that carry a third
+or half of some workloads' GPU request are too rare in 25 draws; by volume alone, the
+frequent small pods are (measured in docs/benchmarks.md, "stowage's rollouts").
+
 Within a sequence, pods asking for several whole GPUs come first: near the end of a fill the
 pods that still find room are the small ones, while a multi-GPU pod fits only where whole
 GPUs were kept together, so a node that can still take one is valued as if one will come.
@@ -59,7 +65,9 @@ class SaturationModel:
     ) -> None:
         if not shapes:
             raise ValueError("a saturation model needs at least one shape")
-        weights = np.array([s.weight for s in shapes])
+        weights = np.array([s.weight for s in shapes]) * np.sqrt(
+            [1.0 + s.num_gpu * (s.gpu_milli if s.num_gpu else 0) / FULL for s in shapes]
+        )
         draws = np.random.default_rng(seed).choice(
             len(shapes), size=(rollouts, horizon), p=weights / weights.sum()
         )
