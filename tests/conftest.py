@@ -8,6 +8,13 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI (.ci/run sets HYPOTHESIS_PROFILE=ci): the same examples on every run, so a landing is
+# judged on the code and not on the draw; everywhere else each run draws new examples, which
+# is how the property tests keep finding broken input no one thought of.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 #: The read-only data folder beside the repository (traces, fixtures); CI always has it.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared"
