@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -252,22 +252,27 @@ class GpuDevice:
     def _read_sample(self, gpu_uuid: str, got: Mapping[str, float | int]) -> GpuSample:
         n, h = self.nvml, self.handle
 
-        def unless(*fields: str) -> Callable[..., Any]:
-            """NVML's answer, or None without asking when ``got`` has every one of ``fields``."""
-            if all(f in got for f in fields):
-                return lambda *_: None
-            return n.optional
+        def missing(*fields: str) -> bool:
+            """Whether NVML must be asked: ``got`` lacks one of ``fields``."""
+            return not all(f in got for f in fields)
 
-        util = unless("util_ratio", "memory_bandwidth_util_ratio")(
-            "nvmlDeviceGetUtilizationRates", h
+        both = ("util_ratio", "memory_bandwidth_util_ratio")
+        util = n.optional("nvmlDeviceGetUtilizationRates", h) if missing(*both) else None
+        memory = n.optional("nvmlDeviceGetMemoryInfo", h) if missing("memory_used_bytes") else None
+        power = n.optional("nvmlDeviceGetPowerUsage", h) if missing("power_w") else None
+        energy = (
+            n.optional("nvmlDeviceGetTotalEnergyConsumption", h) if missing("energy_j") else None
         )
-        memory = unless("memory_used_bytes")("nvmlDeviceGetMemoryInfo", h)
-        power = unless("power_w")("nvmlDeviceGetPowerUsage", h)
-        energy = unless("energy_j")("nvmlDeviceGetTotalEnergyConsumption", h)
-        temperature = unless("temperature_c")(
-            "nvmlDeviceGetTemperatureV", h, pynvml.NVML_TEMPERATURE_GPU
+        temperature = (
+            n.optional("nvmlDeviceGetTemperatureV", h, pynvml.NVML_TEMPERATURE_GPU)
+            if missing("temperature_c")
+            else None
         )
-        clock = unless("sm_clock_hz")("nvmlDeviceGetClockInfo", h, pynvml.NVML_CLOCK_SM)
+        clock = (
+            n.optional("nvmlDeviceGetClockInfo", h, pynvml.NVML_CLOCK_SM)
+            if missing("sm_clock_hz")
+            else None
+        )
         reasons = n.optional("nvmlDeviceGetCurrentClocksEventReasons", h)
         ecc = self._ecc()
         processes = n.optional("nvmlDeviceGetComputeRunningProcesses", h) or []

@@ -134,34 +134,26 @@ def main() -> None:
     traces = sorted({t for t, _ in refs})
     seeds = _seeds(args.seeds)
     runs = _load_runs()
-    jobs = []
-    if args.traces != "generated":
-        jobs += [(t, p, s) for t in traces for p in rerun for s in seeds]
-    if args.traces != "published":
-        jobs += [
-            (t, p, s)
-            for t in workloads.NAMES
-            for p in rerun
-            if p in GENERATED_POLICIES
-            for s in seeds
-        ]
+    # every (trace, policy, seed) the tables show: published traces x all policies, and the
+    # generated ones x the policies compared there
+    on_published = [(t, p, s) for t in traces for p in POLICIES for s in seeds]
+    on_generated = [(t, p, s) for t in workloads.NAMES for p in GENERATED_POLICIES for s in seeds]
+    selected = {
+        "all": on_published + on_generated,
+        "published": on_published,
+        "generated": on_generated,
+    }
+    jobs = [key for key in selected[args.traces] if key[1] in rerun]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for run in pool.map(_run, jobs):
             runs[(run.trace, run.policy, run.seed)] = run
-    missing = [(t, p, s) for t in traces for p in POLICIES for s in seeds if (t, p, s) not in runs]
-    missing += [
-        (t, p, s)
-        for t in workloads.NAMES
-        for p in GENERATED_POLICIES
-        for s in seeds
-        if (t, p, s) not in runs
-    ]
+    missing = [key for key in on_published + on_generated if key not in runs]
     if missing:
         raise SystemExit(f"no run on record for {missing[:3]}...; re-run those policies")
     if args.write:
         _save_runs(runs)
     results: dict[tuple[str, str], list[Run]] = defaultdict(list)
-    for trace, policy, seed in [(t, p, s) for t in traces for p in POLICIES for s in seeds]:
+    for trace, policy, seed in on_published:
         results[(trace, policy)].append(runs[(trace, policy, seed)])
     provenance = (
         ""

@@ -48,8 +48,8 @@ def _multi_gpu(row: Row) -> bool:
     return int(row["num_gpu"]) > 1
 
 
-def _gpu_request(row: Row) -> int:
-    return int(row["num_gpu"]) * int(row["gpu_milli"])
+def _gpu_request(row: Row) -> float:
+    return float(int(row["num_gpu"]) * int(row["gpu_milli"]))
 
 
 @dataclass(frozen=True)
@@ -83,21 +83,16 @@ def _cpu_of_cpu_only(row: Row) -> float:
     return float(row["cpu_milli"]) if _cpu_only(row) else 0.0
 
 
-def _gpu_request_f(row: Row) -> float:
-    return float(_gpu_request(row))
-
-
 def _multi_gpu_request(row: Row) -> float:
-    return float(_gpu_request(row)) if _multi_gpu(row) else 0.0
+    return _gpu_request(row) if _multi_gpu(row) else 0.0
 
 
 def _cpu_only_cpu(rows: list[Row]) -> float:
-    return float(sum(int(r["cpu_milli"]) for r in rows if _cpu_only(r)))
+    return sum(map(_cpu_of_cpu_only, rows))
 
 
 def _multi_gpu_share(rows: list[Row]) -> float:
-    total = sum(_gpu_request(r) for r in rows)
-    return sum(_gpu_request(r) for r in rows if _multi_gpu(r)) / total
+    return sum(map(_multi_gpu_request, rows)) / sum(map(_gpu_request, rows))
 
 
 def read(trace: str) -> list[Row]:
@@ -115,8 +110,8 @@ def variants() -> list[Variant]:
     built = [
         Variant("gen-cpu200", _cpu_only, _cpu_of_cpu_only, 2.0 * cpu100),
         Variant("gen-cpu250", _cpu_only, _cpu_of_cpu_only, 2.5 * cpu100),
-        Variant("gen-multigpu40", _multi_gpu, _multi_gpu_request, 0.40, _gpu_request_f),
-        Variant("gen-multigpu50", _multi_gpu, _multi_gpu_request, 0.50, _gpu_request_f),
+        Variant("gen-multigpu40", _multi_gpu, _multi_gpu_request, 0.40, _gpu_request),
+        Variant("gen-multigpu50", _multi_gpu, _multi_gpu_request, 0.50, _gpu_request),
     ]
     assert tuple(v.name for v in built) == NAMES
     return built

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from agent.settings import AgentSettings
@@ -87,6 +88,15 @@ def _allowed(schema: dict[str, Any]) -> str:
     return " ".join([kind, *bounds]).strip()
 
 
+def _aliases(alias: object) -> list[str]:
+    """The names a field's ``validation_alias`` accepts (``AliasChoices`` or one string)."""
+    if isinstance(alias, str):
+        return [alias]
+    if isinstance(alias, AliasChoices):
+        return [c for c in alias.choices if isinstance(c, str)]
+    return []
+
+
 def settings_rows() -> Iterator[str]:
     yield "| variable | component | default | allowed | meaning |"
     yield "|---|---|---|---|---|"
@@ -104,9 +114,9 @@ def settings_rows() -> Iterator[str]:
                 default = _code(field.default_factory())  # type: ignore[call-arg]
             else:
                 default = "unset"
-            variable = f"`{prefix}{name.upper()}`"
-            if name == "node_name" and model is AgentSettings:
-                variable += " (or `NODE_NAME`)"
+            env = f"{prefix}{name.upper()}"
+            others = [a for a in _aliases(field.validation_alias) if a not in {env, name}]
+            variable = f"`{env}`" + "".join(f" (or `{a}`)" for a in others)
             yield (
                 f"| {variable} | {component} | {default} | {_cell(_allowed(schema))} "
                 f"| {_cell(field.description or '')} |"
