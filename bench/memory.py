@@ -85,11 +85,15 @@ async def _flood(
                 if b"connection: close" in head.lower():
                     writer.close()
                     writer = None
-            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError):
-                statuses[0] += 1
+            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as error:
+                # 0: no answer within 15 s; -1: the connection closed before an answer
+                # arrived (a refusal that closes it while the client is still sending)
+                statuses[0 if isinstance(error, TimeoutError) else -1] += 1
                 if writer is not None:
                     writer.close()
                 writer = None
+        if writer is not None:  # the flood's connections end with it
+            writer.close()
 
     await asyncio.gather(*(client(k) for k in range(connections)))
     return statuses
@@ -180,7 +184,10 @@ def _run(url: str, data: Path, seconds: float, connections: int) -> None:
     )
     print("| optimizer RSS before | peak during the flood | answers |")
     print("|---:|---:|---|")
-    answers = ", ".join(f"{code or 'dropped'}: {count}" for code, count in sorted(statuses.items()))
+    names = {0: "unanswered in 15 s", -1: "closed while sending"}
+    answers = ", ".join(
+        f"{names.get(code, code)}: {count}" for code, count in sorted(statuses.items())
+    )
     print(f"| {before / mib:.0f} MiB | {max(peak) / mib:.0f} MiB | {answers} |")
     print(f"\nafter the thaw: /readyz {ready}; the optimizer {stopped}")
 

@@ -91,6 +91,23 @@ class OptimizerSettings(BaseSettings):
         description="A connection that has not sent a request's line and headers within "
         "this long is closed (a client trickling headers cannot hold connections).",
     )
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=16384,
+        description="Open connections served at once, idle keep-alive ones included (an "
+        "agent holds one for about 5 s after each report); a request on one past it gets "
+        "503.",
+    )
+    max_receiving: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=256,
+        description="Requests whose bodies are being received at once; one more gets 503 "
+        "with Retry-After (each may hold about 320 KiB in the HTTP server before the API "
+        "reads it, so memory stays bounded however many clients send at once).",
+    )
+    shutdown_timeout_s: Annotated[int, Field(ge=1, le=3600)] = Field(
+        default=20,
+        description="After SIGTERM, requests still in progress this long are cancelled "
+        "and the server exits (keep it under the Pod's terminationGracePeriodSeconds).",
+    )
     in_flight_body_bytes: Annotated[int, Field(ge=2**20, le=2**32)] = Field(
         default=128 * 2**20,
         description="Request-body bytes all requests in progress may hold together; a "

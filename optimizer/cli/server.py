@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from optimizer.api.app import create_app, run_prune
-from optimizer.api.protocol import HeaderDeadline
+from optimizer.api.protocol import BoundedHttp
 from optimizer.auth import (
     Authenticator,
     TokenReviewer,
@@ -99,16 +99,28 @@ def serve(
         logging.getLogger(__name__).warning("authentication disabled (auth=none)")
     application = create_app(settings, authenticator=authenticator)
     with _controller(settings, registry=application.state.stowage.registry):
-        uvicorn.run(
-            application,
-            host=settings.host,
-            port=settings.port,
-            ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
-            ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
-            log_level="warning",
-            access_log=False,
-            http=HeaderDeadline.with_timeout(settings.header_timeout_s),
-        )
+        uvicorn.Server(server_config(application, settings)).run()
+
+
+def server_config(application: Any, settings: OptimizerSettings) -> uvicorn.Config:
+    """uvicorn's configuration for ``serve``: TLS, the header deadline, the caps on
+    connections and on bodies being received, and the bounded shutdown, from the settings."""
+    return uvicorn.Config(
+        application,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=str(settings.tls_cert_file) if settings.tls_cert_file else None,
+        ssl_keyfile=str(settings.tls_key_file) if settings.tls_key_file else None,
+        log_level="warning",
+        access_log=False,
+        http=BoundedHttp.configured(
+            header_timeout_s=settings.header_timeout_s,
+            max_receiving=settings.max_receiving,
+            retry_after_s=settings.retry_after_s,
+        ),
+        limit_concurrency=settings.max_connections,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+    )
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""The header deadline on a real uvicorn server: a client trickling its headers is cut off,
-a client that sends them in time is served."""
+"""BoundedHttp on a real uvicorn server: a client trickling its headers is cut off, a
+client that sends them in time is served; a body past the receiving cap gets 503, requests
+without a body do not count, and a body that ends or whose connection goes frees its place."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from optimizer.api.protocol import HeaderDeadline
+from optimizer.api.protocol import BoundedHttp
 from tests.conftest import free_port
 
 
@@ -32,7 +33,7 @@ def server() -> Iterator[int]:
         _ok,
         host="127.0.0.1",
         port=port,
-        http=HeaderDeadline.with_timeout(0.5),
+        http=BoundedHttp.configured(header_timeout_s=0.5, max_receiving=2),
         log_level="warning",
         lifespan="off",
         timeout_keep_alive=60,  # only the header deadline may close the connections below
@@ -78,3 +79,61 @@ def test_a_request_in_time_is_served_and_the_next_one_too(server: int) -> None:
             time.sleep(0.8)  # longer than the deadline, between requests: still open
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+
+
+def _post(length: int, sent: bytes) -> bytes:
+    return b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (length, sent)
+
+
+def _status(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("name", "request_", "status"),
+    [
+        ("a body past the cap", _post(10, b"0123456789"), b"503"),
+        ("no body", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"200"),
+        ("an empty body", _post(0, b""), b"200"),
+    ],
+    ids=["body past the cap", "no body", "empty body"],
+)
+def test_bodies_past_the_receiving_cap_are_refused(
+    server: int, name: str, request_: bytes, status: bytes
+) -> None:
+    held = [socket.create_connection(("127.0.0.1", server)) for _ in range(2)]
+    try:
+        for sock in held:  # two bodies in progress = the cap (max_receiving=2)
+            sock.sendall(_post(1000, b"{"))
+            assert _status(sock).startswith(b"HTTP/1.1 200")  # answered, body still coming
+        with socket.create_connection(("127.0.0.1", server)) as sock:
+            sock.sendall(request_)
+            answer = _status(sock)
+            assert answer.startswith(b"HTTP/1.1 " + status), name
+            if status == b"503":
+                assert b"retry-after: 5" in answer.lower()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_finished_or_closed_body_frees_its_place(server: int) -> None:
+    first, second = (socket.create_connection(("127.0.0.1", server)) for _ in range(2))
+    with first, second:
+        for sock in (first, second):
+            sock.sendall(_post(3, b"{"))
+            _status(sock)
+        first.sendall(b"}}")  # its body completes
+        second.close()  # its connection goes
+        time.sleep(0.3)
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", server)) as sock:
+                sock.sendall(_post(2, b"{}"))
+                assert _status(sock).startswith(b"HTTP/1.1 200")
