@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from optimizer.planner.actions import ACTIONS, Check, Decision, place_job, quota_check
-from optimizer.planner.ordering import SortKey
+from optimizer.planner.ordering import Ordering, SortKey
 from optimizer.planner.plan import (
     FILTERED,
     NO_QUEUE,
@@ -89,20 +89,25 @@ class Victims:
         now = session.snapshot.now_s
         specs = session.snapshot.queues.specs
         victims: list[Victim] = []
+        orderings: dict[str | None, Ordering] = {}
 
         def gpus_of(rows: Sequence[int]) -> float:
             return max(sum(bound[i].info.request.gpu_request_milli for i in rows) / 1000, 1.0)
 
         for gang, rows in session.gang_rows.items():
-            if all(bound[i].terminating for i in rows):
+            pods = [bound[i] for i in rows]
+            if all(b.terminating for b in pods) or not all(b.info.preemptible for b in pods):
                 continue
-            if not all(bound[i].info.preemptible for i in rows):
-                continue
-            queue = bound[rows[0]].queue
+            queue = pods[0].queue
             running = session.running.get(gang)
+            held_gpus = sum(b.info.request.gpu_request_milli for b in pods) / 1000
             key: SortKey | None = None
-            if running is not None and session.ordering_of(queue).preemptive:
-                key = session.running_key(running, queue)
+            if running is not None:
+                ordering = orderings.get(queue)
+                if ordering is None:
+                    ordering = orderings[queue] = session.ordering_of(queue)
+                if ordering.preemptive:  # = session.running_key, its GPUs already summed
+                    key = ordering.key(running, held_gpus, now)
             ran = 0.0
             if running is not None and running.started_s is not None:
                 spec = specs.get(queue or "")
@@ -110,10 +115,10 @@ class Victims:
                     continue
                 saved = max(running.started_s, running.checkpoint_s or running.started_s)
                 ran = max(now - saved, 0.0)
-            priority = max(bound[i].info.priority for i in rows)
-            newest = max(bound[i].info.created for i in rows)
-            live = sorted((i for i in rows if not bound[i].terminating), key=_name_of(session))
+            priority = max(b.info.priority for b in pods)
+            newest = max(b.info.created for b in pods)
             if running is not None and running.min_size is not None:
+                live = sorted((i for i in rows if not bound[i].terminating), key=_name_of(session))
                 extra = live[running.min_size :]
                 if extra:
                     victims.append(
@@ -128,7 +133,8 @@ class Victims:
                             surplus=True,
                         )
                     )
-            victims.append(Victim(gang, rows, queue, priority, key, ran * gpus_of(rows), newest))
+            lost = ran * max(held_gpus, 1.0)
+            victims.append(Victim(gang, rows, queue, priority, key, lost, newest))
         for i, pod in enumerate(bound):
             if not pod.plain or pod.terminating or held[i] is None or not pod.info.preemptible:
                 continue
@@ -322,13 +328,36 @@ class Preempt:
     def execute(self, session: Session) -> list[Decision]:
         decisions: list[Decision] = []
         victims: Victims | None = None
+        #: (shape, queue, priority) -> (order key, label, wait) of a job that found no
+        #: room (wait None: nothing it could evict): a later job of that shape ranked no
+        #: better may only take a subset of its victims, of which fewer remain (others'
+        #: victims are taken), so it finds none either.
+        hopeless: dict[tuple[object, ...], tuple[SortKey, str, Wait | None]] = {}
+        now = session.snapshot.now_s
         for key, wait in list(session.unplaced.items()):
             job = wait.job
             if not job.managed or wait.code in _HOPELESS:
                 continue
+            queue = session.queue_of(job)
+            ordering = session.ordering_of(queue)
+            rank = ordering.key(job, job.gpus, now) if ordering.preemptive else ()
+            memo = (job.shape, queue, job.priority)
+            known = hopeless.get(memo) if key not in session.running else None
+            if known is not None and known[0] <= rank:
+                if known[2] is not None:
+                    head = wait.reason.rstrip(".")
+                    why = (
+                        f"{head}; evicting every victim it may would not make room (nor "
+                        f"for {known[1]}, of its shape and ahead of it)"
+                    )
+                    session.unplaced[key] = Wait(job, why, wait.code)
+                continue
             if victims is None:
                 victims = Victims.of(session)
             found = _make_room(session, job, wait, victims, victims.for_preemption(session, job))
+            failed = found is None or (not found[1] and found[0].code != PREEMPTING)
+            if failed and key not in session.running:
+                hopeless.setdefault(memo, (rank, job.label, None if found is None else found[0]))
             if found is None:
                 continue
             new_wait, chosen = found

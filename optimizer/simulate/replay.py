@@ -393,6 +393,15 @@ class Gittins(History):
     that history; for a heavy-tailed history it favours the jobs that have run least, as
     least-attained-service does, and for a light-tailed one the shortest, as SRPT does."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        #: job -> (work done at its start, the history it was ranked on, its index then).
+        self._at_start: dict[int, tuple[float, list[float] | None, tuple[float, float]]] = {}
+
+    def ended(self, job: TraceJob) -> None:
+        super().ended(job)
+        self._at_start.pop(job.index, None)
+
     def _index(self, job: TraceJob, ran_s: float) -> tuple[float, float]:
         """(least expected effort per completion, the quantum that attains it)."""
         ordered = self.durations(job)
@@ -415,7 +424,13 @@ class Gittins(History):
         """The index a job started with holds until it has run the quantum that index was
         computed for (the policy's own rule: serve a job for its quantum, then look again),
         so running jobs are not re-ranked, and preempted, at every arrival."""
-        effort, quantum = self._index(job, ran_at_start_s)
+        ordered = self.durations(job)
+        known = self._at_start.get(job.index)
+        if known is not None and known[0] == ran_at_start_s and known[1] is ordered:
+            effort, quantum = known[2]  # the same history (its sorted list) as last time
+        else:
+            effort, quantum = self._index(job, ran_at_start_s)
+            self._at_start[job.index] = (ran_at_start_s, ordered, (effort, quantum))
         if ran_s < ran_at_start_s + quantum:
             return effort
         return self._index(job, ran_s)[0]
@@ -603,7 +618,10 @@ class Replay:
         self.pending: dict[int, Job] = {}
         self.lines: dict[str, list[tuple[SortKey, int]]] = defaultdict(list)
         self.sort_key: dict[int, SortKey] = {}
+        self._requests: dict[int, PodRequest] = {}
         self.running: dict[int, _Running] = {}
+        #: The same, by queue (a cycle sees the running gangs of its queues only).
+        self.running_in: dict[str, dict[int, _Running]] = defaultdict(dict)
         self.bound: dict[str, dict[str, tuple[BoundPod, tuple[int, tuple[int, ...]]]]] = (
             defaultdict(dict)
         )
@@ -623,7 +641,7 @@ class Replay:
                 job.queue,
                 f"j{index}-{m}",
                 f"j{index}-{m}",
-                PodRequest(f"g{gpus}", 0, 0, gpus, 1000),
+                self._request(gpus),
                 node_selector=selector,
                 created=f"{job.submit_s:014.1f}",
             )
@@ -644,6 +662,13 @@ class Replay:
         key = (*self.ordering.key(pending, pending.gpus, now), index)
         self.sort_key[index] = key
         bisect.insort(self.lines[job.queue], (key, index))
+
+    def _request(self, gpus: int) -> PodRequest:
+        """One request object per GPU count: jobs of a shape then compare by identity."""
+        request = self._requests.get(gpus)
+        if request is None:
+            request = self._requests[gpus] = PodRequest(f"g{gpus}", 0, 0, gpus, 1000)
+        return request
 
     def _leave_line(self, index: int) -> None:
         del self.pending[index]
@@ -667,7 +692,7 @@ class Replay:
                     self._wait(job, now)
                     dirty.add(job.queue)
                 elif self.epochs[index] == epoch and index in self.running:
-                    run = self.running.pop(index)
+                    run = self._stop(index)
                     self._release(run)
                     self.busy_gpu_s += job.gpus * (now - run.started_s)
                     self.finished[index] = now
@@ -699,9 +724,7 @@ class Replay:
         jobs = [self.pending[i] for q in sorted(queues) for _, i in self.lines[q][: self.depth]]
         views = []
         if self._needs_running:
-            for index, run in self.running.items():
-                if run.job.queue not in queues:
-                    continue
+            for index, run in (r for q in sorted(queues) for r in self.running_in[q].items()):
                 done = run.ran_before_s + now - run.started_s
                 views.append(
                     Job(
@@ -729,6 +752,11 @@ class Replay:
             filter_cache=self.filter_cache,
         )
 
+    def _stop(self, index: int) -> _Running:
+        run = self.running.pop(index)
+        del self.running_in[run.job.queue][index]
+        return run
+
     def _release(self, run: _Running) -> None:
         pods = self.bound[run.job.queue]
         for name, row, gpus, request in run.pods:
@@ -743,7 +771,7 @@ class Replay:
         evicted = []
         for gang in dict.fromkeys(e.victim_gang for e in plan.evict if e.victim_gang):
             index = int(gang[1][1:])
-            run = self.running.pop(index)
+            run = self._stop(index)
             self._release(run)
             self.busy_gpu_s += run.job.gpus * (now - run.started_s)
             self.ran[index] = run.ran_before_s + now - run.started_s
@@ -774,7 +802,7 @@ class Replay:
                 )
                 pods.append((placement.name, row, placement.gpus, placement.request))
             run = _Running(trace_job, job.key, pods, now, self.ran[index], self.epochs[index])
-            self.running[index] = run
+            self.running[index] = self.running_in[trace_job.queue][index] = run
             end = now + trace_job.duration_s - run.ran_before_s
             heapq.heappush(events, (end, 0, index, run.epoch))
         return evicted

@@ -297,3 +297,22 @@ def test_a_gang_taken_after_its_surplus_gives_back_its_quota_once() -> None:
         actions=ACTIONS,
     )
     assert _evicted(plan) == ["e-0", "e-1", "g-0"]
+
+
+def test_a_shape_that_found_no_room_is_not_tried_again_behind_it() -> None:
+    """big-1 may evict only low (high outranks it): 4 GPUs, not the 8 it needs. big-2, of
+    its shape and behind it, could only take fewer victims: it is not tried again, and its
+    wait says why. small, of another shape, still preempts low."""
+    nodes, state = _cluster(1)
+    low = _run(state, _job("low", 4), [0], started=0, priority=0)
+    high = _run(state, _job("high", 4), [0], started=0, priority=100)
+    pending = [
+        replace(_job(name, gpus, submitted=float(i)), priority=10)
+        for i, (name, gpus) in enumerate([("big-1", 8), ("big-2", 8), ("small", 4)])
+    ]
+    plan = _cycle(nodes, state, pending, running=[low, high], now=1000, actions=ACTIONS)
+    waits = {w.job.name: w.reason for w in plan.wait}
+    assert "evicting every victim it may (1) would not make room" in waits["big-1"]
+    assert "would not make room (nor for ml/big-1, of its shape and ahead of it)" in waits["big-2"]
+    assert _evicted(plan) == ["low-0"]
+    assert "preempting 1 lower-priority gang(s): ml/low" in waits["small"]
