@@ -108,6 +108,12 @@ class OptimizerSettings(BaseSettings):
         description="After SIGTERM, requests still in progress this long are cancelled "
         "and the server exits (keep it under the Pod's terminationGracePeriodSeconds).",
     )
+    body_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=30.0,
+        description="A request whose body has not arrived whole within this long of its "
+        "headers has its connection closed (a client trickling a body cannot hold the "
+        "body budgets).",
+    )
     in_flight_body_bytes: Annotated[int, Field(ge=2**20, le=2**32)] = Field(
         default=128 * 2**20,
         description="Request-body bytes all requests in progress may hold together; a "

@@ -141,7 +141,7 @@ def create_app(
     for module in modules:
         app.include_router(module.router, responses=AUTHENTICATED_RESPONSES)
     app.include_router(health.router, responses={503: {"description": "Not ready: why."}})
-    app.include_router(webhook.router, responses={413: BODY_LIMIT})
+    app.include_router(webhook.router, responses={413: BODY_LIMIT, 503: BODIES_BUSY})
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
@@ -181,12 +181,19 @@ async def _prune_forever(state: AppState) -> None:
 BODY_LIMIT: Final[dict[str, Any]] = {
     "description": "The request body is over STOWAGE_MAX_BODY_BYTES."
 }
+BODIES_BUSY: Final[dict[str, Any]] = {
+    "description": "Too many request bodies in progress (STOWAGE_IN_FLIGHT_BODY_BYTES, "
+    "STOWAGE_MAX_RECEIVING); nothing was done. Retry-After."
+}
 #: What every authenticated route may answer besides its own codes (documented once).
 AUTHENTICATED_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     401: {"description": "No valid bearer token (audited, once a minute per source)."},
     403: {"description": "The token's role may not call this route (audited)."},
     413: BODY_LIMIT,
-    503: {"description": "The database is unavailable; nothing was stored. Retry-After."},
+    503: {
+        "description": "The database is unavailable, or too many request bodies are in "
+        "progress; nothing was stored. Retry-After."
+    },
 }
 
 

@@ -6,6 +6,9 @@
   complete within ``header_timeout_s`` of the connection opening or of the request's first
   byte is closed; a request whose headers arrived is never cut (its body is bounded by the
   body limits, its answer by the ingest deadline).
+- **A deadline for each body**: a body not complete within ``body_timeout_s`` of its
+  headers has its connection closed, so a client trickling a body cannot hold a place
+  under the cap below, or the API's budget for bodies in progress, for ever.
 - **A cap on bodies being received at once.** uvicorn buffers up to about 320 KiB of a
   body per connection (its 64 KiB high-water mark plus one 256 KiB socket read) before the
   API reads it, outside the API's own body accounting. A request with a body that arrives
@@ -27,19 +30,26 @@ class BoundedHttp(HttpToolsProtocol):
     """uvicorn's httptools protocol with the header deadline and the receiving cap."""
 
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     max_receiving: int | None = None
     retry_after_s: int = 5
     receiving: set[BoundedHttp]  # one set per configured class (= per server)
-    _header_timer: asyncio.TimerHandle | None = None
+    _timer: asyncio.TimerHandle | None = None
     _counted: bool = False
 
     @classmethod
     def configured(
-        cls, *, header_timeout_s: float, max_receiving: int | None = None, retry_after_s: int = 5
+        cls,
+        *,
+        header_timeout_s: float,
+        body_timeout_s: float = 30.0,
+        max_receiving: int | None = None,
+        retry_after_s: int = 5,
     ) -> type[BoundedHttp]:
         """The protocol class for uvicorn's ``http=`` with these bounds."""
         attributes: dict[str, object] = {
             "header_timeout_s": header_timeout_s,
+            "body_timeout_s": body_timeout_s,
             "max_receiving": max_receiving,
             "retry_after_s": retry_after_s,
             "receiving": set(),
@@ -48,11 +58,11 @@ class BoundedHttp(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._arm(self.header_timeout_s)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm()
+        self._arm(self.header_timeout_s)
 
     def on_headers_complete(self) -> None:
         self._disarm()
@@ -68,9 +78,11 @@ class BoundedHttp(HttpToolsProtocol):
             return
         self.receiving.add(self)
         self._counted = True
+        self._arm(self.body_timeout_s)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._disarm()
         self._uncount()
         super().on_message_complete()
 
@@ -104,16 +116,16 @@ class BoundedHttp(HttpToolsProtocol):
             self.receiving.discard(self)
             self._counted = False
 
-    def _arm(self) -> None:
+    def _arm(self, seconds: float) -> None:
         self._disarm()
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._expire)
+        self._timer = self.loop.call_later(seconds, self._expire)
 
     def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _expire(self) -> None:
-        self._header_timer = None
+        self._timer = None
         if not self.transport.is_closing():
             self.transport.close()

@@ -115,6 +115,7 @@ def server_config(application: Any, settings: OptimizerSettings) -> uvicorn.Conf
         access_log=False,
         http=BoundedHttp.configured(
             header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
             max_receiving=settings.max_receiving,
             retry_after_s=settings.retry_after_s,
         ),

@@ -1,13 +1,16 @@
 """BoundedHttp on a real uvicorn server: a client trickling its headers is cut off, a
-client that sends them in time is served; a body past the receiving cap gets 503, requests
-without a body do not count, and a body that ends or whose connection goes frees its place."""
+client that sends them in time is served; a body not sent in time closes its connection; a
+body past the receiving cap gets 503, requests without a body do not count, and a body that
+ends or whose connection goes frees its place."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import uvicorn
@@ -26,26 +29,34 @@ async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-@pytest.fixture
-def server() -> Iterator[int]:
+@contextlib.contextmanager
+def _serve(**bounds: Any) -> Iterator[int]:
     port = free_port()
     config = uvicorn.Config(
         _ok,
         host="127.0.0.1",
         port=port,
-        http=BoundedHttp.configured(header_timeout_s=0.5, max_receiving=2),
+        http=BoundedHttp.configured(**bounds),
         log_level="warning",
         lifespan="off",
-        timeout_keep_alive=60,  # only the header deadline may close the connections below
+        timeout_keep_alive=60,  # only the deadlines may close the connections below
     )
     runner = uvicorn.Server(config)
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
     while not runner.started:
         time.sleep(0.01)
-    yield port
-    runner.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield port
+    finally:
+        runner.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def server() -> Iterator[int]:
+    with _serve(header_timeout_s=0.5, body_timeout_s=60, max_receiving=2) as port:
+        yield port
 
 
 def _closed_by_server(sock: socket.socket) -> bool:
@@ -137,3 +148,14 @@ def test_a_finished_or_closed_body_frees_its_place(server: int) -> None:
             with socket.create_connection(("127.0.0.1", server)) as sock:
                 sock.sendall(_post(2, b"{}"))
                 assert _status(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_not_sent_in_time_closes_the_connection() -> None:
+    with _serve(header_timeout_s=60, body_timeout_s=0.5, max_receiving=1) as port:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(_post(1000, b"{"))  # and the rest never comes
+            assert _status(sock).startswith(b"HTTP/1.1 200")  # answered without reading
+            assert _closed_by_server(sock)
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # its place is free
+            sock.sendall(_post(2, b"{}"))
+            assert _status(sock).startswith(b"HTTP/1.1 200")

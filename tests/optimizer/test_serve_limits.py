@@ -40,12 +40,14 @@ def test_settings_reach_uvicorn(tmp_path: Path) -> None:
         shutdown_timeout_s=3,
         header_timeout_s=2.0,
         max_receiving=9,
+        body_timeout_s=4.0,
     )
     config = server_config(create_app(settings, authenticator=None), settings)
     assert config.limit_concurrency == 7
     assert config.timeout_graceful_shutdown == 3
     assert getattr(config.http, "header_timeout_s", None) == 2.0
     assert getattr(config.http, "max_receiving", None) == 9
+    assert getattr(config.http, "body_timeout_s", None) == 4.0
 
 
 def test_a_connection_past_the_cap_is_answered_503(tmp_path: Path) -> None:
