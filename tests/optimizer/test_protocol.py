@@ -96,7 +96,8 @@ def _post(length: int, sent: bytes) -> bytes:
     return b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (length, sent)
 
 
-def _status(sock: socket.socket) -> bytes:
+def response_head(sock: socket.socket) -> bytes:
+    """What the server answered up to the end of its headers (less if it closed first)."""
     sock.settimeout(10)
     answer = b""
     while b"\r\n\r\n" not in answer:
@@ -123,10 +124,10 @@ def test_bodies_past_the_receiving_cap_are_refused(
     try:
         for sock in held:  # two bodies in progress = the cap (max_receiving=2)
             sock.sendall(_post(1000, b"{"))
-            assert _status(sock).startswith(b"HTTP/1.1 200")  # answered, body still coming
+            assert response_head(sock).startswith(b"HTTP/1.1 200")  # answered, body still coming
         with socket.create_connection(("127.0.0.1", server)) as sock:
             sock.sendall(request_)
-            answer = _status(sock)
+            answer = response_head(sock)
             assert answer.startswith(b"HTTP/1.1 " + status), name
             if status == b"503":
                 assert b"retry-after: 5" in answer.lower()
@@ -140,22 +141,22 @@ def test_a_finished_or_closed_body_frees_its_place(server: int) -> None:
     with first, second:
         for sock in (first, second):
             sock.sendall(_post(3, b"{"))
-            _status(sock)
+            response_head(sock)
         first.sendall(b"}}")  # its body completes
         second.close()  # its connection goes
         time.sleep(0.3)
         for _ in range(2):
             with socket.create_connection(("127.0.0.1", server)) as sock:
                 sock.sendall(_post(2, b"{}"))
-                assert _status(sock).startswith(b"HTTP/1.1 200")
+                assert response_head(sock).startswith(b"HTTP/1.1 200")
 
 
 def test_a_body_not_sent_in_time_closes_the_connection() -> None:
     with _serve(header_timeout_s=60, body_timeout_s=0.5, max_receiving=1) as port:
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(_post(1000, b"{"))  # and the rest never comes
-            assert _status(sock).startswith(b"HTTP/1.1 200")  # answered without reading
+            assert response_head(sock).startswith(b"HTTP/1.1 200")  # answered without reading
             assert _closed_by_server(sock)
         with socket.create_connection(("127.0.0.1", port)) as sock:  # its place is free
             sock.sendall(_post(2, b"{}"))
-            assert _status(sock).startswith(b"HTTP/1.1 200")
+            assert response_head(sock).startswith(b"HTTP/1.1 200")
