@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.types import Receive, Scope, Send
 
 from optimizer.api.protocol import BoundedHttp
@@ -31,12 +33,18 @@ async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
 
 @contextlib.contextmanager
 def _serve(**bounds: Any) -> Iterator[int]:
+    with _serve_with(BoundedHttp.configured(**bounds)) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def _serve_with(http: type[BoundedHttp]) -> Iterator[int]:
     port = free_port()
     config = uvicorn.Config(
         _ok,
         host="127.0.0.1",
         port=port,
-        http=BoundedHttp.configured(**bounds),
+        http=http,
         log_level="warning",
         lifespan="off",
         timeout_keep_alive=60,  # only the deadlines may close the connections below
@@ -158,5 +166,42 @@ def test_a_body_not_sent_in_time_closes_the_connection() -> None:
             assert response_head(sock).startswith(b"HTTP/1.1 200")  # answered without reading
             assert _closed_by_server(sock)
         with socket.create_connection(("127.0.0.1", port)) as sock:  # its place is free
+            sock.sendall(_post(2, b"{}"))
+            assert response_head(sock).startswith(b"HTTP/1.1 200")
+
+
+_PIECES = st.sampled_from(
+    [
+        _post(2, b"{}"),  # whole
+        _post(1000, b"{"),  # a body that never ends
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # broken
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -4\r\n\r\n",
+        b"\x00\xffnot http at all\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n{}",  # one byte short
+    ]
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.lists(_PIECES, min_size=1, max_size=4), min_size=1, max_size=6))
+def test_no_input_leaks_a_place_or_stops_the_server(connections: list[list[bytes]]) -> None:
+    """Whatever clients send (pipelined, broken, cut short) and however they leave, once
+    they are gone no place under the cap stays taken and the next body is served."""
+    http = BoundedHttp.configured(header_timeout_s=5, body_timeout_s=5, max_receiving=2)
+    with _serve_with(http) as port:
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in connections]
+        for sock, pieces in zip(socks, connections, strict=True):
+            sock.sendall(b"".join(pieces))
+        time.sleep(0.1)
+        for sock in socks:
+            sock.close()
+        deadline = time.monotonic() + 5
+        while http.receiving and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not http.receiving
+        with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(_post(2, b"{}"))
             assert response_head(sock).startswith(b"HTTP/1.1 200")
