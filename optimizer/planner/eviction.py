@@ -95,12 +95,22 @@ class Victims:
             return max(sum(bound[i].info.request.gpu_request_milli for i in rows) / 1000, 1.0)
 
         for gang, rows in session.gang_rows.items():
-            pods = [bound[i] for i in rows]
-            if all(b.terminating for b in pods) or not all(b.info.preemptible for b in pods):
-                continue
+            if len(rows) == 1:  # most gangs: one pod (no generator per attribute)
+                pod = bound[rows[0]]
+                if pod.terminating or not pod.info.preemptible:
+                    continue
+                pods = [pod]
+                held_gpus = pod.info.request.gpu_request_milli / 1000
+                priority, newest = pod.info.priority, pod.info.created
+            else:
+                pods = [bound[i] for i in rows]
+                if all(b.terminating for b in pods) or not all(b.info.preemptible for b in pods):
+                    continue
+                held_gpus = sum(b.info.request.gpu_request_milli for b in pods) / 1000
+                priority = max(b.info.priority for b in pods)
+                newest = max(b.info.created for b in pods)
             queue = pods[0].queue
             running = session.running.get(gang)
-            held_gpus = sum(b.info.request.gpu_request_milli for b in pods) / 1000
             key: SortKey | None = None
             if running is not None:
                 ordering = orderings.get(queue)
@@ -115,8 +125,6 @@ class Victims:
                     continue
                 saved = max(running.started_s, running.checkpoint_s or running.started_s)
                 ran = max(now - saved, 0.0)
-            priority = max(b.info.priority for b in pods)
-            newest = max(b.info.created for b in pods)
             if running is not None and running.min_size is not None:
                 live = sorted((i for i in rows if not bound[i].terminating), key=_name_of(session))
                 extra = live[running.min_size :]
