@@ -1,4 +1,4 @@
-"""uvicorn's HTTP protocol with two guards on what a connection can hold.
+"""uvicorn's HTTP protocol with guards on what a connection can hold.
 
 - **A deadline for each request's line and headers.** uvicorn closes idle keep-alive
   connections, but a client that opens a connection and sends its headers a byte at a time
@@ -27,7 +27,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 class BoundedHttp(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the header deadline and the receiving cap."""
+    """uvicorn's httptools protocol with the header and body deadlines and the receiving
+    cap."""
 
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0

@@ -116,7 +116,7 @@ class Victims:
                 ordering = orderings.get(queue)
                 if ordering is None:
                     ordering = orderings[queue] = session.ordering_of(queue)
-                if ordering.preemptive:  # = session.running_key, its GPUs already summed
+                if ordering.preemptive:  # its rank by the GPUs its pods hold
                     key = ordering.key(running, held_gpus, now)
             ran = 0.0
             if running is not None and running.started_s is not None:
@@ -182,16 +182,16 @@ class Victims:
         ]
         return cls(victims, going, lowest, worst)
 
-    def for_preemption(self, session: Session, job: Job) -> list[Victim]:
-        """Whom ``job`` may preempt: lower priority, or ranked behind it by a preemptive
-        ordering; of its own queue when it has one; not already going."""
-        queue = session.queue_of(job)
-        preemptive = session.ordering_of(queue).preemptive
-        job_key = session.order_key(job, queue) if preemptive else ()
+    def for_preemption(
+        self, session: Session, job: Job, queue: str | None, job_key: SortKey | None
+    ) -> list[Victim]:
+        """Whom ``job`` (of ``queue``) may preempt: lower priority, or ranked behind it by a
+        preemptive ordering (``job_key``: its rank there; None: the ordering is not
+        preemptive); of its own queue when it has one; not already going."""
         if queue is not None:
             lower = self.lowest.get(queue, job.priority) < job.priority
-            behind = queue in self.worst and self.worst[queue] > job_key
-            if not lower and not (preemptive and behind):
+            behind = job_key is not None and queue in self.worst and self.worst[queue] > job_key
+            if not lower and not behind:
                 return []
         out = []
         for v in self.victims:
@@ -200,7 +200,10 @@ class Victims:
             if any(i in session.evicted for i in v.rows):
                 continue
             if v.priority < job.priority or (
-                preemptive and v.priority == job.priority and v.key is not None and v.key > job_key
+                job_key is not None
+                and v.priority == job.priority
+                and v.key is not None
+                and v.key > job_key
             ):
                 out.append(v)
         return out
@@ -340,18 +343,17 @@ class Preempt:
         #: room (wait None: nothing it could evict): a later job of that shape ranked no
         #: better may only take a subset of its victims, of which fewer remain (others'
         #: victims are taken), so it finds none either.
-        hopeless: dict[tuple[object, ...], tuple[SortKey, str, Wait | None]] = {}
-        now = session.snapshot.now_s
+        hopeless: dict[tuple[object, ...], tuple[SortKey | None, str, Wait | None]] = {}
         for key, wait in list(session.unplaced.items()):
             job = wait.job
             if not job.managed or wait.code in _HOPELESS:
                 continue
             queue = session.queue_of(job)
             ordering = session.ordering_of(queue)
-            rank = ordering.key(job, job.gpus, now) if ordering.preemptive else ()
+            rank = session.order_key(job, queue) if ordering.preemptive else None
             memo = (job.shape, queue, job.priority)
             known = hopeless.get(memo) if key not in session.running else None
-            if known is not None and known[0] <= rank:
+            if known is not None and (rank is None or (known[0] is not None and known[0] <= rank)):
                 if known[2] is not None:
                     head = wait.reason.rstrip(".")
                     why = (
@@ -362,7 +364,8 @@ class Preempt:
                 continue
             if victims is None:
                 victims = Victims.of(session)
-            found = _make_room(session, job, wait, victims, victims.for_preemption(session, job))
+            eligible = victims.for_preemption(session, job, queue, rank)
+            found = _make_room(session, job, wait, victims, eligible)
             failed = found is None or (not found[1] and found[0].code != PREEMPTING)
             if failed and key not in session.running:
                 hopeless.setdefault(memo, (rank, job.label, None if found is None else found[0]))
@@ -371,12 +374,7 @@ class Preempt:
             new_wait, chosen = found
             if chosen:
                 ahead = all(v.priority < job.priority for v in chosen)
-                by_rank = (
-                    ""
-                    if ahead
-                    else " or ranks ahead of them by "
-                    + session.ordering_of(session.queue_of(job)).name
-                )
+                by_rank = "" if ahead else f" or ranks ahead of them by {ordering.name}"
                 why = (
                     f"preempted by gang {job.label} (priority {job.priority}{by_rank}), which "
                     f"needs {job.size} pods and cannot fit otherwise"

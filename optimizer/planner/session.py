@@ -203,12 +203,6 @@ class Session:
         """``job``'s place in its queue (smallest first)."""
         return self.ordering_of(queue).key(job, job.gpus, self.snapshot.now_s)
 
-    def running_key(self, job: Job, queue: str | None) -> SortKey:
-        """A running gang's place by the same ordering (GPUs: those its pods hold)."""
-        rows = self.gang_rows.get(job.key, [])
-        gpus = sum(self.snapshot.bound[i].info.request.gpu_request_milli for i in rows) / 1000
-        return self.ordering_of(queue).key(job, gpus, self.snapshot.now_s)
-
     def install_masks(self, job: Job, members: Sequence[PodInfo], *, preferred: bool) -> Masks:
         """Give each member's request a mask of the nodes the filters allow it now (static
         filters, then anti-affinity against what is placed); with ``preferred``, only the

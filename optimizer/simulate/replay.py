@@ -619,9 +619,8 @@ class Replay:
         self.lines: dict[str, list[tuple[SortKey, int]]] = defaultdict(list)
         self.sort_key: dict[int, SortKey] = {}
         self._requests: dict[int, PodRequest] = {}
-        self.running: dict[int, _Running] = {}
-        #: The same, by queue (a cycle sees the running gangs of its queues only).
-        self.running_in: dict[str, dict[int, _Running]] = defaultdict(dict)
+        #: Running jobs by queue, then index (a cycle sees the running gangs of its queues).
+        self.running: dict[str, dict[int, _Running]] = defaultdict(dict)
         self.bound: dict[str, dict[str, tuple[BoundPod, tuple[int, tuple[int, ...]]]]] = (
             defaultdict(dict)
         )
@@ -691,7 +690,7 @@ class Replay:
                 if kind == 1:
                     self._wait(job, now)
                     dirty.add(job.queue)
-                elif self.epochs[index] == epoch and index in self.running:
+                elif self.epochs[index] == epoch and index in self.running[job.queue]:
                     run = self._stop(index)
                     self._release(run)
                     self.busy_gpu_s += job.gpus * (now - run.started_s)
@@ -724,7 +723,7 @@ class Replay:
         jobs = [self.pending[i] for q in sorted(queues) for _, i in self.lines[q][: self.depth]]
         views = []
         if self._needs_running:
-            for index, run in (r for q in sorted(queues) for r in self.running_in[q].items()):
+            for index, run in (r for q in sorted(queues) for r in self.running[q].items()):
                 done = run.ran_before_s + now - run.started_s
                 views.append(
                     Job(
@@ -753,9 +752,7 @@ class Replay:
         )
 
     def _stop(self, index: int) -> _Running:
-        run = self.running.pop(index)
-        del self.running_in[run.job.queue][index]
-        return run
+        return self.running[self.trace[index].queue].pop(index)
 
     def _release(self, run: _Running) -> None:
         pods = self.bound[run.job.queue]
@@ -802,7 +799,7 @@ class Replay:
                 )
                 pods.append((placement.name, row, placement.gpus, placement.request))
             run = _Running(trace_job, job.key, pods, now, self.ran[index], self.epochs[index])
-            self.running[index] = self.running_in[trace_job.queue][index] = run
+            self.running[trace_job.queue][index] = run
             end = now + trace_job.duration_s - run.ran_before_s
             heapq.heappush(events, (end, 0, index, run.epoch))
         return evicted
