@@ -83,6 +83,11 @@ class OptimizerSettings(BaseSettings):
     prune_interval_s: Annotated[float, Field(gt=0)] = Field(
         default=600.0, description="How often retention is applied while serving."
     )
+    rollup_fold_interval_s: Annotated[float, Field(gt=0)] = Field(
+        default=30.0,
+        description="How often, while serving, samples of closed 5-minute buckets are "
+        "folded into the rollups (until then readers add them from the pending table).",
+    )
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 2**20)] = Field(
         default=2 * 2**20, description="Largest accepted request body (413 above)."
     )

@@ -46,7 +46,7 @@ from optimizer.store import forecasts as store
 from optimizer.store import migrate
 from optimizer.store.engine import make_engine
 from optimizer.store.models import Rollup
-from optimizer.store.samples import ROLLUP_LEVELS, bucket_start
+from optimizer.store.rollups import ROLLUP_LEVELS, bucket_start
 from shared.labels import NAMESPACE_ENABLED, SCHEDULING_GATE
 from tests.conftest import free_port, prometheus_binary
 

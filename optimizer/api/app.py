@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -40,6 +41,7 @@ from optimizer.settings import OptimizerSettings
 from optimizer.store import migrate
 from optimizer.store.engine import make_engine, make_session_factory
 from optimizer.store.reports import prune
+from optimizer.store.rollups import fold_closed
 from shared.report import NodeReport
 from shared.version import __version__
 
@@ -113,11 +115,15 @@ def create_app(
         if migrate_on_start:
             await run_in_threadpool(migrate.upgrade, engine)
         state.ingest.start()
-        task = asyncio.create_task(_prune_forever(state)) if prune_in_background else None
+        tasks = [
+            asyncio.create_task(_every(settings.rollup_fold_interval_s, run_fold, state)),
+        ]
+        if prune_in_background:
+            tasks.append(asyncio.create_task(_every(settings.prune_interval_s, run_prune, state)))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
             await run_in_threadpool(state.ingest.stop)
 
@@ -168,14 +174,22 @@ def create_app(
     return app
 
 
-async def _prune_forever(state: AppState) -> None:
-    settings = state.settings
+async def _every(interval_s: float, job: Callable[[AppState], None], state: AppState) -> None:
+    """Run ``job`` in a worker thread every ``interval_s`` while serving."""
     while True:
-        await asyncio.sleep(settings.prune_interval_s)
+        await asyncio.sleep(interval_s)
         try:
-            await run_in_threadpool(run_prune, state)
-        except Exception:  # retention must never stop the server
-            log.exception("prune_failed")
+            await run_in_threadpool(job, state)
+        except Exception:  # upkeep must never stop the server
+            log.exception("background_job_failed", job=job.__name__)
+
+
+def run_fold(state: AppState) -> None:
+    """Fold the pending samples of closed 5-minute buckets into the rollups."""
+    started = time.perf_counter()
+    folded = fold_closed(state.engine, now=state.clock())
+    if folded:
+        log.info("rollups_folded", reports=folded, seconds=round(time.perf_counter() - started, 3))
 
 
 BODY_LIMIT: Final[dict[str, Any]] = {

@@ -56,8 +56,11 @@ def store_samples_batch(
     names = sorted({report.node_name for report in reports})
     known = set(connection.execute(select(Node.name).where(Node.name.in_(names))).scalars())
     gpus_of: dict[str, set[str]] = defaultdict(set)
+    # by primary key: a lookup by node would be planned from the table's statistics, and
+    # a table never analysed (autovacuum off) was read whole for every batch
+    uuids = sorted({s.gpu_uuid for report in reports for s in report.samples})
     for uuid, node in connection.execute(
-        select(Gpu.uuid, Gpu.node_name).where(Gpu.node_name.in_(names))
+        select(Gpu.uuid, Gpu.node_name).where(Gpu.uuid.in_(uuids))
     ):
         gpus_of[node].add(uuid)
 

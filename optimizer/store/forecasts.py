@@ -12,12 +12,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Integer, delete, func, select
+from sqlalchemy import Integer, delete, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
 from optimizer.forecast.demand import CLUSTER, Demand
 from optimizer.forecast.series import Series, resample
 from optimizer.store.models import DemandSample, Forecast, Gpu, JobRun, Node, Rollup
+from optimizer.store.rollups import pending_subquery
 
 METRICS: Final = ("gpu_demand", "gpu_activity")
 #: Step (s) -> horizon (s) of the stored forecasts.
@@ -105,21 +106,31 @@ def latest_demand(session: Session) -> dict[str, float]:
 def activity_series(
     session: Session, *, scope: str, step_s: int, since: datetime, until: datetime
 ) -> Series | None:
-    """Mean utilisation (0-1) of the scope's GPUs from the rollups (5-minute buckets for
-    steps under an hour, hourly ones otherwise); scopes: cluster, pool/…, model/…."""
+    """Mean utilisation (0-1) of the scope's GPUs from the rollups and the samples not
+    folded into them yet (5-minute buckets for steps under an hour, hourly ones
+    otherwise); scopes: cluster, pool/…, model/…."""
     level = "5m" if step_s < 3600 else "1h"
+    pending = pending_subquery(session.get_bind().dialect.name)
+    bucket = pending.c[f"bucket_{level}"]
+    both = union_all(
+        select(Rollup.gpu_uuid, Rollup.bucket_start, Rollup.util_sum, Rollup.samples).where(
+            Rollup.level == level, Rollup.bucket_start >= since, Rollup.bucket_start <= until
+        ),
+        select(pending.c.gpu_uuid, bucket, pending.c.util, literal(1)).where(
+            bucket >= since, bucket <= until
+        ),
+    ).subquery()
     query = (
-        select(Rollup.bucket_start, func.sum(Rollup.util_sum), func.sum(Rollup.samples))
-        .where(Rollup.level == level, Rollup.bucket_start >= since, Rollup.bucket_start <= until)
-        .group_by(Rollup.bucket_start)
-        .order_by(Rollup.bucket_start)
+        select(both.c.bucket_start, func.sum(both.c.util_sum), func.sum(both.c.samples))
+        .group_by(both.c.bucket_start)
+        .order_by(both.c.bucket_start)
     )
     kind, _, value = scope.partition("/")
     if kind == "model":
-        query = query.join(Gpu, Gpu.uuid == Rollup.gpu_uuid).where(Gpu.product == value)
+        query = query.join(Gpu, Gpu.uuid == both.c.gpu_uuid).where(Gpu.product == value)
     elif kind == "pool":
         query = (
-            query.join(Gpu, Gpu.uuid == Rollup.gpu_uuid)
+            query.join(Gpu, Gpu.uuid == both.c.gpu_uuid)
             .join(Node, Node.name == Gpu.node_name)
             .where(Node.pool == value)
         )

@@ -163,7 +163,8 @@ class Sample(Base):
 
 
 class Rollup(Base):
-    """Per-GPU aggregates over 5-minute and 1-hour buckets, maintained at ingest."""
+    """Per-GPU aggregates over 5-minute and 1-hour buckets, folded from
+    :class:`RollupPending` once a 5-minute bucket has closed (optimizer/store/rollups.py)."""
 
     __tablename__ = "rollups"
 
@@ -179,6 +180,22 @@ class Rollup(Base):
     temperature_max_c: Mapped[float] = mapped_column(Float)
 
     __table_args__ = (Index("ix_rollups_level_bucket", "level", "bucket_start"),)
+
+
+class RollupPending(Base):
+    """One stored samples report's share of the rollups, not folded into them yet: its
+    buckets and, per GPU, ``[uuid, util, memory, power, temperature]`` (JSON text)."""
+
+    __tablename__ = "rollup_pending"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    node_name: Mapped[str] = mapped_column(String(253))
+    collected_at: Mapped[datetime]
+    bucket_5m: Mapped[datetime]
+    bucket_1h: Mapped[datetime]
+    samples: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_rollup_pending_node", "node_name", "collected_at"),)
 
 
 class WorkloadUsage(Base):

@@ -23,7 +23,7 @@ from optimizer.store.models import (
     Sample,
     TopologyVersion,
 )
-from optimizer.store.samples import ROLLUP_LEVELS, bucket_start
+from optimizer.store.rollups import ROLLUP_LEVELS, bucket_start, pending_samples
 from optimizer.summary import GpuState
 from shared.report import NodeReport
 
@@ -202,14 +202,8 @@ def gpu_series(
             .where(Sample.gpu_uuid == uuid, Sample.at >= start, Sample.at < end)
             .order_by(Sample.at)
         )
-        for at, util, memory, power, temperature in rows:
-            acc = buckets.setdefault(_align(at, start, step), [0, 0.0, 0.0, 0.0, 0.0, 0.0])
-            acc[0] += 1
-            acc[1] += util or 0.0
-            acc[2] = max(acc[2], util or 0.0)
-            acc[3] += memory or 0
-            acc[4] += power or 0.0
-            acc[5] = max(acc[5], temperature or 0.0)
+        for at, *values in rows:
+            _add(buckets.setdefault(_align(at, start, step), [0, 0.0, 0.0, 0.0, 0.0, 0.0]), values)
     else:
         size = ROLLUP_LEVELS[source]
         rollups = session.scalars(
@@ -232,6 +226,19 @@ def gpu_series(
             acc[3] += r.memory_used_sum
             acc[4] += r.power_sum_w
             acc[5] = max(acc[5], r.temperature_max_c)
+        node = session.scalar(select(Gpu.node_name).where(Gpu.uuid == uuid))
+        if node is not None:  # and what is not folded into the rollups yet
+            pending = pending_samples(
+                session.connection(),
+                node=node,
+                uuid=uuid,
+                level=source,
+                start=bucket_start(start, size),
+                end=end,
+            )
+            for bucket, (_, *values) in pending:
+                t = _align(max(bucket, start), start, step)
+                _add(buckets.setdefault(t, [0, 0.0, 0.0, 0.0, 0.0, 0.0]), values)
     return [
         SeriesPoint(
             t=t,
@@ -245,6 +252,17 @@ def gpu_series(
         for t, acc in sorted(buckets.items())
         if acc[0]
     ]
+
+
+def _add(acc: list[float], values: Sequence[Any]) -> None:
+    """Add one sample's (util, memory, power, temperature) to a bucket's ``acc``."""
+    util, memory, power, temperature = (v or 0 for v in values)
+    acc[0] += 1
+    acc[1] += util
+    acc[2] = max(acc[2], util)
+    acc[3] += memory
+    acc[4] += power
+    acc[5] = max(acc[5], temperature)
 
 
 def _align(at: datetime, start: datetime, step: timedelta) -> datetime:

@@ -31,6 +31,7 @@ from optimizer.store.models import (
     WorkloadPod,
     WorkloadUsage,
 )
+from optimizer.store.rollups import ROLLUP_LEVELS, bucket_start, fold
 from optimizer.store.samples import write_samples
 from shared.report import NodeReport
 
@@ -350,8 +351,10 @@ def prune(
 ) -> PruneResult:
     """Delete raw samples, usage, receipts and rollups older than their retention; with
     ``audit_retention``, audit entries; with ``topology_retention``, topology versions a
-    node has since replaced (its current one is always kept)."""
+    node has since replaced (its current one is always kept). Pending samples of closed
+    buckets are folded into the rollups first."""
     raw_cutoff = now - raw_retention
+    fold(session.connection(), before=bucket_start(now, ROLLUP_LEVELS["5m"]), limit=None)
 
     def removed(statement: Any) -> int:
         return int(session.execute(statement).rowcount)  # type: ignore[attr-defined]

@@ -1,32 +1,37 @@
-"""Writing samples rows: raw samples, per-pod usage, each GPU's latest view and the rollups.
+"""Writing samples rows: raw samples, per-pod usage, each GPU's latest view and the
+reports' pending share of the rollups (folded later: optimizer/store/rollups.py).
 
 :func:`write_samples` writes the rows of any number of samples reports in one statement per
 table, whatever their number: on PostgreSQL a multi-row statement over ``unnest`` of one
-array per column, on SQLite one ``executemany`` (in-process, a row costs microseconds). The
-rollups are aggregated per GPU and bucket first and each GPU's latest view is taken from its
-newest sample, so no statement touches a row twice, and rows are written in key order so
-that two optimizer replicas writing at once take their row locks in the same order.
+array per column, on SQLite one ``executemany`` (in-process, a row costs microseconds).
+Each GPU's latest view is taken from its newest sample, so no statement touches a row
+twice, and rows are written in key order so that two optimizer replicas writing at once
+take their row locks in the same order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from sqlalchemy import Connection, Table, select, tuple_
 
-from optimizer.store.models import ContainerUsageRow, ReportReceipt, Sample, WorkloadUsage
+from optimizer.store.models import (
+    ContainerUsageRow,
+    ReportReceipt,
+    RollupPending,
+    Sample,
+    WorkloadUsage,
+)
+from optimizer.store.rollups import PENDING_COLUMNS, pending_row
 from shared.report import NodeReport
-
-#: Rollup levels and their bucket sizes.
-ROLLUP_LEVELS: Final = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1)}
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 _RECEIPTS: Final[Table] = ReportReceipt.__table__  # type: ignore[assignment]
 _SAMPLES: Final[Table] = Sample.__table__  # type: ignore[assignment]
 _USAGE: Final[Table] = WorkloadUsage.__table__  # type: ignore[assignment]
 _CONTAINERS: Final[Table] = ContainerUsageRow.__table__  # type: ignore[assignment]
+_PENDING: Final[Table] = RollupPending.__table__  # type: ignore[assignment]
 
 #: A report's receipt key: (node, sequence, collected_at).
 Key = tuple[str, int, datetime]
@@ -68,18 +73,6 @@ _CONTAINER_COLUMNS: Final = (
     "cpu_cores",
     "memory_bytes",
 )
-_ROLLUP_COLUMNS: Final = (
-    "gpu_uuid",
-    "level",
-    "bucket_start",
-    "samples",
-    "util_sum",
-    "util_max",
-    "memory_used_sum",
-    "memory_used_max",
-    "power_sum_w",
-    "temperature_max_c",
-)
 _LATEST_COLUMNS: Final = (
     "uuid",
     "at",
@@ -94,29 +87,23 @@ _LATEST_COLUMNS: Final = (
 _NODE_COLUMNS: Final = ("name", "collected_at", "sequence", "agent_version", "pool")
 
 
-def bucket_start(at: datetime, size: timedelta) -> datetime:
-    """The start of the ``size`` bucket containing ``at`` (aligned to the Unix epoch)."""
-    seconds = int(size.total_seconds())
-    offset = int((at - _EPOCH).total_seconds()) // seconds * seconds
-    return _EPOCH + timedelta(seconds=offset)
-
-
 def report_key(report: NodeReport) -> Key:
     """The key of ``report``'s receipt (a resend has the same key)."""
     return (report.node_name, report.sequence, report.collected_at)
 
 
 def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None:
-    """Write the samples, usage, latest views and rollups of ``reports`` (whose receipts are
-    new and whose GPUs are their nodes') in the caller's transaction."""
+    """Write the samples, usage, latest views and pending rollups of ``reports`` (whose
+    receipts are new and whose GPUs are their nodes') in the caller's transaction."""
     samples: list[Row] = []
     usage: list[Row] = []
     containers: list[Row] = []
     latest: dict[str, tuple[Row, Any]] = {}  # uuid -> (its newest samples row, sample)
-    rollups: dict[tuple[str, str, datetime], list[Any]] = {}
+    pending: list[Row] = []
     for report in reports:
         at, node = report.collected_at, report.node_name
-        buckets = [(level, bucket_start(at, size)) for level, size in ROLLUP_LEVELS.items()]
+        if report.samples:
+            pending.append(pending_row(report))
         containers.extend(
             (
                 at,
@@ -164,30 +151,6 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
             kept = latest.get(s.gpu_uuid)
             if kept is None or at >= kept[0][2]:  # a late report never overwrites
                 latest[s.gpu_uuid] = (row, s)
-            util = s.util_ratio or 0.0
-            memory = s.memory_used_bytes or 0
-            power = s.power_w or 0.0
-            temperature = s.temperature_c or 0.0
-            for level, start in buckets:
-                total = rollups.get((s.gpu_uuid, level, start))
-                if total is None:
-                    rollups[(s.gpu_uuid, level, start)] = [
-                        1,
-                        util,
-                        util,
-                        float(memory),
-                        memory,
-                        power,
-                        temperature,
-                    ]
-                else:
-                    total[0] += 1
-                    total[1] += util
-                    total[2] = max(total[2], util)
-                    total[3] += float(memory)
-                    total[4] = max(total[4], memory)
-                    total[5] += power
-                    total[6] = max(total[6], temperature)
     if not samples:
         return
     writer = writer_for(connection)
@@ -201,7 +164,7 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
         writer.insert(_CONTAINERS, _CONTAINER_COLUMNS, containers)
     # the samples row's uuid, at, util, memory, power, energy, temperature, process count
     writer.latest([(row[0], *row[2:8], row[9], s) for _, (row, s) in sorted(latest.items())])
-    writer.rollups([(*key, *values) for key, values in sorted(rollups.items())])
+    writer.insert(_PENDING, PENDING_COLUMNS, pending)
 
 
 def advance_nodes(
@@ -242,17 +205,6 @@ def stored_receipts(connection: Connection, keys: Sequence[Key]) -> set[Key]:
     return {key for key in map(tuple, found) if key in wanted}
 
 
-def _rollup_merge(greatest: str) -> str:
-    """The rollup upsert's conflict clause: add sums and counts, keep maxima (``greatest``
-    is the two-argument maximum of the database's SQL)."""
-    added = ("samples", "util_sum", "memory_used_sum", "power_sum_w")
-    kept = ("util_max", "memory_used_max", "temperature_max_c")
-    return "ON CONFLICT (gpu_uuid, level, bucket_start) DO UPDATE SET " + ", ".join(
-        [f"{c} = rollups.{c} + excluded.{c}" for c in added]
-        + [f"{c} = {greatest}(rollups.{c}, excluded.{c})" for c in kept]
-    )
-
-
 def writer_for(connection: Connection) -> _Postgres | _Sqlite:
     """The row writer for ``connection``'s database."""
     return _Postgres(connection) if connection.dialect.name == "postgresql" else _Sqlite(connection)
@@ -266,14 +218,13 @@ class _Postgres:
         "pid": "bigint",
         "xid_total": "bigint",
         "memory_used_bytes": "bigint",
-        "memory_used_max": "bigint",
         "memory": "bigint",
         "process_count": "integer",
         "processes": "integer",
-        "samples": "integer",
         "at": "timestamptz",
         "collected_at": "timestamptz",
-        "bucket_start": "timestamptz",
+        "bucket_5m": "timestamptz",
+        "bucket_1h": "timestamptz",
         "util_ratio": "float8",
         "sm_active_ratio": "float8",
         "sm_util_ratio": "float8",
@@ -283,11 +234,6 @@ class _Postgres:
         "energy_j": "float8",
         "temperature_c": "float8",
         "sm_clock_hz": "float8",
-        "util_sum": "float8",
-        "util_max": "float8",
-        "memory_used_sum": "float8",
-        "power_sum_w": "float8",
-        "temperature_max_c": "float8",
         "util": "float8",
         "power": "float8",
         "energy": "float8",
@@ -340,15 +286,6 @@ class _Postgres:
             params,
         )
 
-    def rollups(self, rows: Sequence[Row]) -> None:
-        source, params = self._unnest(_ROLLUP_COLUMNS, rows)
-        names = ", ".join(_ROLLUP_COLUMNS)
-        self.connection.exec_driver_sql(
-            f"INSERT INTO rollups ({names}) SELECT {names} FROM {source} "
-            + _rollup_merge("greatest"),
-            params,
-        )
-
     def nodes(self, rows: Sequence[Row], *, received_at: datetime) -> None:
         source, params = self._unnest(_NODE_COLUMNS, rows)
         params["received_at"] = received_at
@@ -375,7 +312,7 @@ class _Sqlite:
     in-process, so a row costs microseconds, and SQLAlchemy's per-row bind processing
     would cost more than the write."""
 
-    _TIMES: Final = frozenset({"at", "bucket_start", "collected_at"})
+    _TIMES: Final = frozenset({"at", "collected_at", "bucket_5m", "bucket_1h"})
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -423,14 +360,6 @@ class _Sqlite:
                 (*values[:-1], values[-1].model_dump_json())
                 for values in self._rows(_LATEST_COLUMNS, rows)
             ],
-        )
-
-    def rollups(self, rows: Sequence[Row]) -> None:
-        names = ", ".join(_ROLLUP_COLUMNS)
-        marks = ", ".join("?" for _ in _ROLLUP_COLUMNS)
-        self.connection.exec_driver_sql(
-            f"INSERT INTO rollups ({names}) VALUES ({marks}) " + _rollup_merge("max"),
-            self._rows(_ROLLUP_COLUMNS, rows),
         )
 
     def nodes(self, rows: Sequence[Row], *, received_at: datetime) -> None:

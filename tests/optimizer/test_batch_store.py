@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from optimizer.store.batch import store_samples_batch
 from optimizer.store.models import Gpu, Node, ReportReceipt, Rollup, Sample, WorkloadUsage
 from optimizer.store.reports import IngestResult, TopologyUnknownError, ingest_report
+from optimizer.store.rollups import fold
 from shared.report import NodeReport
 from tests.optimizer.reports import samples_report, topology_report, with_process
 
@@ -189,6 +190,8 @@ def test_a_batch_stores_what_report_by_report_stores(
                     outcome = error
                 expected.append(outcome)
         assert [_outcome(o) for o in got] == [_outcome(o) for o in expected]
+    with engine.begin() as connection:  # both ways' pending samples, into the rollups
+        fold(connection, before=None, limit=None)
     with Session(engine) as session:
         _assert_same(_state(session, batched), _state(session, single))
 

@@ -17,17 +17,23 @@ from optimizer.store.models import (
     GpuLinkRow,
     ReportReceipt,
     Rollup,
+    RollupPending,
     Sample,
     TopologyVersion,
     WorkloadUsage,
 )
 from optimizer.store.queries import choose_source, get_node, gpu_series, list_nodes
 from optimizer.store.reports import TopologyUnknownError, ingest_report, prune
-from optimizer.store.samples import bucket_start
+from optimizer.store.rollups import bucket_start, fold
 from shared.report import GpuHealth
 from tests.optimizer.reports import later, samples_report, topology_report, with_process
 
 T0 = datetime(2026, 11, 29, 12, 0, 3, tzinfo=UTC)
+
+
+def _fold_all(engine: Engine) -> None:
+    with engine.begin() as connection:
+        fold(connection, before=None, limit=None)
 
 
 def _count(session: Session, model: type[Base]) -> int:
@@ -78,6 +84,7 @@ def test_a_resent_report_is_stored_once(engine: Engine) -> None:
         with Session(engine) as session, session.begin():
             result = ingest_report(session, report, received_at=T0)
     assert not result.stored
+    _fold_all(engine)
     with Session(engine) as session:
         assert _count(session, Sample) == 8
         assert _count(session, ReportReceipt) == 1
@@ -142,6 +149,7 @@ def test_rollups_aggregate_within_buckets(engine: Engine) -> None:
     with Session(engine) as session, session.begin():
         ingest_report(session, base, received_at=T0)
         ingest_report(session, second, received_at=later(T0, 10))
+    _fold_all(engine)
     with Session(engine) as session:
         five = session.scalars(
             select(Rollup).where(Rollup.gpu_uuid == base.gpus[0].uuid, Rollup.level == "5m")
@@ -184,6 +192,12 @@ def test_prune_applies_each_retention(engine: Engine) -> None:
     assert (result.samples, result.rollups_5m, result.rollups_1h, result.receipts) == (8, 8, 0, 1)
     with Session(engine) as session:
         assert _count(session, Sample) == 8
+        # the old report was folded before its 5-minute rollups went; the recent one,
+        # whose bucket is still open, waits in pending
+        assert _count(session, Rollup) == 8
+        assert _count(session, RollupPending) == 1
+    _fold_all(engine)
+    with Session(engine) as session:
         assert _count(session, Rollup) == 8 * 3
 
 
