@@ -313,16 +313,9 @@ def _gpu_upsert(dialect: str) -> postgresql.Insert | sqlite.Insert:
 def _store_samples(session: Session, report: NodeReport) -> None:
     if not report.samples:
         return
-    uuids = [s.gpu_uuid for s in report.samples]
-    owned = {
-        uuid
-        for (uuid,) in session.execute(
-            select(Gpu.uuid).where(Gpu.node_name == report.node_name, Gpu.uuid.in_(uuids))
-        )
-    }
-    if missing := sorted(set(uuids) - owned):
-        raise TopologyUnknownError.foreign_gpus(report.node_name, missing)
-    write_samples(session.connection(), [report])
+    if unowned := write_samples(session.connection(), [report]):
+        # the caller's transaction (or SAVEPOINT) rolls back what was written
+        raise TopologyUnknownError.foreign_gpus(report.node_name, sorted(u for _, u in unowned))
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ _CONTAINER_COLUMNS: Final = (
 )
 _LATEST_COLUMNS: Final = (
     "uuid",
+    "node",
     "at",
     "util",
     "memory",
@@ -92,13 +93,19 @@ def report_key(report: NodeReport) -> Key:
     return (report.node_name, report.sequence, report.collected_at)
 
 
-def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None:
+def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> set[tuple[str, str]]:
     """Write the samples, usage, latest views and pending rollups of ``reports`` (whose
-    receipts are new and whose GPUs are their nodes') in the caller's transaction."""
+    receipts are new) in the caller's transaction.
+
+    Returns the (node, GPU UUID) pairs of samples for a GPU that is not that node's: when
+    there is one, only GPUs' latest views have been written, and the caller rolls back
+    (its SAVEPOINT) and stores the other reports again. Ownership is read with the latest
+    view's update (PostgreSQL: ``RETURNING``), not by a query of its own.
+    """
     samples: list[Row] = []
     usage: list[Row] = []
     containers: list[Row] = []
-    latest: dict[str, tuple[Row, Any]] = {}  # uuid -> (its newest samples row, sample)
+    latest: dict[tuple[str, str], tuple[Row, Any]] = {}  # (node, uuid) -> newest row, sample
     pending: list[Row] = []
     for report in reports:
         at, node = report.collected_at, report.node_name
@@ -148,12 +155,18 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
                 )
                 for p in s.processes
             )
-            kept = latest.get(s.gpu_uuid)
+            kept = latest.get((node, s.gpu_uuid))
             if kept is None or at >= kept[0][2]:  # a late report never overwrites
-                latest[s.gpu_uuid] = (row, s)
+                latest[(node, s.gpu_uuid)] = (row, s)
     if not samples:
-        return
+        return set()
     writer = writer_for(connection)
+    # the samples row's uuid, node, at, util, memory, power, energy, temperature, processes
+    owned = writer.latest(
+        [(row[0], *row[1:8], row[9], s) for _, (row, s) in sorted(latest.items())]
+    )
+    if unowned := set(latest) - owned:
+        return unowned
     samples.sort(key=lambda row: (row[0], row[2]))
     writer.insert(_SAMPLES, _SAMPLE_COLUMNS, samples)
     if usage:
@@ -162,9 +175,8 @@ def write_samples(connection: Connection, reports: Sequence[NodeReport]) -> None
     if containers:
         containers.sort(key=lambda row: (row[0], row[1], str(row[4]), str(row[5])))
         writer.insert(_CONTAINERS, _CONTAINER_COLUMNS, containers)
-    # the samples row's uuid, at, util, memory, power, energy, temperature, process count
-    writer.latest([(row[0], *row[2:8], row[9], s) for _, (row, s) in sorted(latest.items())])
     writer.insert(_PENDING, PENDING_COLUMNS, pending)
+    return set()
 
 
 def advance_nodes(
@@ -272,19 +284,34 @@ class _Postgres:
             f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {source}", params
         )
 
-    def latest(self, rows: Sequence[Row]) -> None:
+    def latest(self, rows: Sequence[Row]) -> set[tuple[str, str]]:
+        """Update each row's GPU, where it is the row's node's, to the row's sample unless
+        it has a newer one; returns the (node, uuid) pairs that are the node's."""
         source, params = self._unnest(
             _LATEST_COLUMNS, [(*row[:-1], row[-1].model_dump_json()) for row in rows]
         )
-        self.connection.exec_driver_sql(
-            "UPDATE gpus AS g SET latest_at = v.at, latest_util_ratio = v.util, "
-            "latest_memory_used_bytes = v.memory, latest_power_w = v.power, "
-            "latest_energy_j = v.energy, latest_temperature_c = v.temperature, "
-            "latest_process_count = v.processes, latest_sample = v.sample::json "
-            f"FROM {source} WHERE g.uuid = v.uuid "
-            "AND (g.latest_at IS NULL OR g.latest_at <= v.at)",
+        newer = "g.latest_at IS NULL OR g.latest_at <= v.at"
+        changes = ", ".join(
+            f"latest_{column} = CASE WHEN {newer} THEN {value} ELSE g.latest_{column} END"
+            for column, value in (
+                ("at", "v.at"),
+                ("util_ratio", "v.util"),
+                ("memory_used_bytes", "v.memory"),
+                ("power_w", "v.power"),
+                ("energy_j", "v.energy"),
+                ("temperature_c", "v.temperature"),
+                ("process_count", "v.processes"),
+                ("sample", "v.sample::json"),
+            )
+        )
+        # an owned GPU is updated even where its sample is older (to the same values),
+        # so that RETURNING names every GPU that is the node's
+        found = self.connection.exec_driver_sql(
+            f"UPDATE gpus AS g SET {changes} FROM {source} "
+            "WHERE g.uuid = v.uuid AND g.node_name = v.node RETURNING g.node_name, g.uuid",
             params,
         )
+        return {(node, uuid) for node, uuid in found}
 
     def nodes(self, rows: Sequence[Row], *, received_at: datetime) -> None:
         source, params = self._unnest(_NODE_COLUMNS, rows)
@@ -350,17 +377,31 @@ class _Sqlite:
             self._rows(columns, rows),
         )
 
-    def latest(self, rows: Sequence[Row]) -> None:
-        self.connection.exec_driver_sql(
-            "UPDATE gpus SET latest_at = ?2, latest_util_ratio = ?3, "
-            "latest_memory_used_bytes = ?4, latest_power_w = ?5, latest_energy_j = ?6, "
-            "latest_temperature_c = ?7, latest_process_count = ?8, latest_sample = ?9 "
-            "WHERE uuid = ?1 AND (latest_at IS NULL OR latest_at <= ?2)",
-            [
-                (*values[:-1], values[-1].model_dump_json())
-                for values in self._rows(_LATEST_COLUMNS, rows)
-            ],
-        )
+    def latest(self, rows: Sequence[Row]) -> set[tuple[str, str]]:
+        """As :meth:`_Postgres.latest`; ownership is read first (in-process, by key)."""
+        uuids = sorted({row[0] for row in rows})
+        owned: set[tuple[str, str]] = set()
+        for start in range(0, len(uuids), 500):  # SQLite's limit on bound parameters
+            chunk = uuids[start : start + 500]
+            found = self.connection.exec_driver_sql(
+                f"SELECT node_name, uuid FROM gpus WHERE uuid IN ({', '.join('?' for _ in chunk)})",
+                tuple(chunk),
+            )
+            owned.update((node, uuid) for node, uuid in found)
+        mine = [
+            (*values[:-1], values[-1].model_dump_json())
+            for values in self._rows(_LATEST_COLUMNS, rows)
+            if (values[1], values[0]) in owned
+        ]
+        if mine:
+            self.connection.exec_driver_sql(
+                "UPDATE gpus SET latest_at = ?3, latest_util_ratio = ?4, "
+                "latest_memory_used_bytes = ?5, latest_power_w = ?6, latest_energy_j = ?7, "
+                "latest_temperature_c = ?8, latest_process_count = ?9, latest_sample = ?10 "
+                "WHERE uuid = ?1 AND node_name = ?2 AND (latest_at IS NULL OR latest_at <= ?3)",
+                mine,
+            )
+        return owned
 
     def nodes(self, rows: Sequence[Row], *, received_at: datetime) -> None:
         # SET expressions read the row as it was before the update
