@@ -14,7 +14,6 @@ versions of the code can be compared one after the other on the same database.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import time
@@ -25,6 +24,8 @@ from typing import Any
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import sessionmaker
 
+from bench.ingest import POSTGRES_ADMIN
+from bench.loadgen import node_name
 from optimizer.store.batch import store_samples_batch
 from optimizer.store.engine import make_engine
 from optimizer.store.migrate import upgrade
@@ -32,7 +33,6 @@ from optimizer.store.reports import ingest_report
 from shared.report import NodeReport
 from shared.samples import DGX_H100, build_report
 
-ADMIN = os.environ.get("STOWAGE_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test")
 DATABASE = "stowage_writer"
 BATCH = 64
 
@@ -43,9 +43,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=250)
     parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args()
-    url = ADMIN.rsplit("/", 1)[0] + f"/{DATABASE}"
+    url = POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{DATABASE}"
     if args.fresh:
-        admin = create_engine(ADMIN, isolation_level="AUTOCOMMIT")
+        admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             connection.execute(text(f"DROP DATABASE IF EXISTS {DATABASE}"))
             connection.execute(text(f"CREATE DATABASE {DATABASE}"))
@@ -57,7 +57,7 @@ def main() -> None:
 
     def report(n: int) -> NodeReport:
         return build_report(
-            DGX_H100, node_name=f"node-{n:05d}", collected_at=t0, util_ratios=[(n % 10) / 10] * 8
+            DGX_H100, node_name=node_name(n), collected_at=t0, util_ratios=[(n % 10) / 10] * 8
         )
 
     if args.fresh:
